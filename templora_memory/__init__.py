@@ -1,0 +1,21 @@
+"""templora-memory: parametric memory for LLM agents, after Temp-Lora (Wang et al., 2024)."""
+
+from templora_memory.agent import AgentStats
+from templora_memory.chat_model import ParametricMemory
+from templora_memory.config import TempLoraConfig
+from templora_memory.engine import MemoryEngine
+from templora_memory.errors import ConfigError, InvalidInputError, ModelNotFoundError, StoreError, TemploraError
+from templora_memory.history import AgentChatHistory
+
+__all__ = [
+    "AgentChatHistory",
+    "AgentStats",
+    "ConfigError",
+    "InvalidInputError",
+    "MemoryEngine",
+    "ModelNotFoundError",
+    "ParametricMemory",
+    "StoreError",
+    "TempLoraConfig",
+    "TemploraError",
+]

@@ -1,0 +1,77 @@
+"""Per-agent memory state: the turns in reach of the window, the token stream, and training counters."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel
+
+from templora_memory.window import Message, Turn
+
+
+class AgentStats(BaseModel):
+    """What an agent's memory holds right now; returned by `ParametricMemory.stats`."""
+
+    agent_id: str
+    """The agent these numbers belong to."""
+    turns_seen: int
+    """Conversation turns received so far (each counted once)."""
+    tokens_written: int
+    """Tokens trained into the agent's adapter (conversation turns and absorbed text)."""
+    tokens_pending: int
+    """Tokens received but not yet written; they are still in the prompt window."""
+    chunks_trained: int
+    """Temp-Lora updates run so far (k in Algorithm 1)."""
+    last_loss: float | None
+    """Mean training loss of the last chunk (None before the first)."""
+    window_tokens: int
+    """Prompt size of the last call, system message and generation header included."""
+    train_seconds: float
+    """Wall-clock seconds spent training this agent's adapter."""
+
+
+@dataclass
+class AgentState:
+    """Everything the engine tracks for one agent besides its adapter weights."""
+
+    agent_id: str
+    turns: list[Turn] = field(default_factory=list)
+    """Recent turns that may still appear in a window, oldest first."""
+    fingerprints: list[str] = field(default_factory=list)
+    """Identity of every turn ever received, oldest first (to never write a turn twice)."""
+    written: list[int] = field(default_factory=list)
+    """The last L_T tokens already written: training input for the next chunk."""
+    pending: list[int] = field(default_factory=list)
+    """Tokens not yet written, oldest first (m in Algorithm 1)."""
+    system: list[Message] = field(default_factory=list)
+    """The last system message(s) received, reused when a call brings none."""
+    optimizer: torch.optim.Optimizer | None = None
+    steps: int = 0
+    tokens_written: int = 0
+    chunks_trained: int = 0
+    last_loss: float | None = None
+    train_seconds: float = 0.0
+    last_prompt_tokens: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def new_messages(self, messages: list[Message], fingerprints: list[str]) -> list[Message]:
+        """The messages not seen before: drop the longest prefix that repeats the end of what was seen."""
+        for overlap in range(min(len(self.fingerprints), len(fingerprints)), 0, -1):
+            if self.fingerprints[-overlap:] == fingerprints[:overlap]:
+                return messages[overlap:]
+        return messages
+
+    def stats(self) -> AgentStats:
+        """A snapshot of the counters users inspect."""
+        return AgentStats(
+            agent_id=self.agent_id,
+            turns_seen=len(self.fingerprints),
+            tokens_written=self.tokens_written,
+            tokens_pending=len(self.pending),
+            chunks_trained=self.chunks_trained,
+            last_loss=self.last_loss,
+            window_tokens=self.last_prompt_tokens,
+            train_seconds=round(self.train_seconds, 3),
+        )

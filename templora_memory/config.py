@@ -1,0 +1,95 @@
+"""`TempLoraConfig`: every knob of the Temp-Lora algorithm, validated at construction."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from templora_memory.errors import ConfigError
+
+ALL_LINEAR = "all-linear"
+
+
+class TempLoraConfig(BaseModel):
+    """Hyper-parameters of Temp-Lora (Wang et al., Algorithm 1), with defaults measured on a 2-core CPU.
+
+    The paper's values target a 7B model on a GPU; the defaults here are chosen for the
+    135M default model on a CPU (see README, "Why these defaults"): shorter chunks keep one
+    training step around a few seconds, and a higher learning rate stores more per step.
+
+    Example:
+        >>> TempLoraConfig(chunk_tokens=256, window_tokens=1024).chunk_tokens
+        256
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_tokens: int = Field(512, ge=16, le=32768)
+    """Δ: tokens written into the adapter per training update (paper: 1024)."""
+    window_tokens: int = Field(1024, ge=64, le=131072)
+    """L_X: the most recent tokens kept in the prompt, system message included (paper: W − Δ)."""
+    train_context_tokens: int = Field(512, ge=0, le=32768)
+    """L_T: preceding tokens given as (unscored) input when training on a chunk (paper: 1024)."""
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    """α: AdamW learning rate of the Temp-Lora module (paper: 5e-5)."""
+    epochs: int = Field(2, ge=1, le=100)
+    """n: training passes over each chunk (paper: 2)."""
+    warmup_chunks: int = Field(2, ge=0, le=1000)
+    """Chunks over which the learning rate warms up linearly from 0 to α (paper: 2)."""
+    lora_rank: int = Field(16, ge=1, le=1024)
+    """LoRA rank r of the temporary module (paper: 64)."""
+    lora_alpha: float = Field(32.0, gt=0.0)
+    """LoRA scaling α_LoRA; the update is scaled by lora_alpha / lora_rank (paper: 64)."""
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input during training (paper: 0.05)."""
+    target_modules: list[str] | Literal["all-linear"] = ALL_LINEAR
+    """Modules that get a LoRA: "all-linear" or module names (paper: all linear layers but the LM head)."""
+    max_new_tokens: int = Field(256, ge=1, le=32768)
+    """Default reply length cap; reserved on top of window_tokens inside the model's context."""
+    seed: int = Field(0, ge=0)
+    """Seed for each agent's LoRA initialisation and dropout, so runs are reproducible."""
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TempLoraConfig:
+        if self.window_tokens < self.chunk_tokens:
+            raise ValueError(
+                f"window_tokens={self.window_tokens} must be >= chunk_tokens={self.chunk_tokens}: "
+                "turns not yet written into the adapter must still fit in the prompt; "
+                "raise window_tokens or lower chunk_tokens"
+            )
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules=[] trains nothing; use 'all-linear' or name at least one module")
+        return self
+
+    def __init__(self, **values: object) -> None:
+        """Validate every field; a bad value raises one `ConfigError` naming field, value and range."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    def check_against_context(self, context_tokens: int) -> None:
+        """Raise `ConfigError` if training or prompting would not fit in the model's context window."""
+        if self.chunk_tokens + self.train_context_tokens > context_tokens:
+            raise ConfigError(
+                f"chunk_tokens + train_context_tokens = {self.chunk_tokens} + {self.train_context_tokens} "
+                f"exceeds the model's context of {context_tokens} tokens (Δ + L_T must be <= W)"
+            )
+        if self.window_tokens + self.max_new_tokens > context_tokens:
+            raise ConfigError(
+                f"window_tokens + max_new_tokens = {self.window_tokens} + {self.max_new_tokens} "
+                f"exceeds the model's context of {context_tokens} tokens; lower one of them"
+            )
+
+
+def _describe(exc: ValidationError) -> str:
+    """One readable line per invalid field: name, value given, and the constraint it broke."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            field = ".".join(str(part) for part in error["loc"])
+            message = f"{field}={error.get('input')!r}: {message}"
+        lines.append(message)
+    return "invalid TempLoraConfig: " + "; ".join(lines)

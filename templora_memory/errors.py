@@ -1,0 +1,21 @@
+"""The few exceptions templora-memory raises; each message says how to fix the problem."""
+
+
+class TemploraError(Exception):
+    """Base class for every error raised by templora-memory."""
+
+
+class ConfigError(TemploraError, ValueError):
+    """A configuration value is out of range or inconsistent with the model."""
+
+
+class ModelNotFoundError(TemploraError):
+    """The requested (or the embedded default) model cannot be found locally."""
+
+
+class InvalidInputError(TemploraError, ValueError):
+    """A message, agent id or text given by the caller cannot be used as it is."""
+
+
+class StoreError(TemploraError):
+    """A persisted agent cannot be read or written."""

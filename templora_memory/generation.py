@@ -1,0 +1,99 @@
+"""Token-by-token generation with a KV cache, and incremental decoding that honours stop strings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: greedy when temperature is 0."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@torch.no_grad()
+def generate_tokens(model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int]) -> Iterator[int]:
+    """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`."""
+    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    input_ids = torch.tensor([list(prompt)], dtype=torch.long)  # (1, T)
+    seen = input_ids[0].clone()
+    past = None
+    for _ in range(sampling.max_new_tokens):
+        out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[0, -1].float()  # (V,)
+        token = _pick(logits, seen, sampling, generator)
+        if token in eos_ids:
+            return
+        yield token
+        seen = torch.cat([seen, torch.tensor([token])])
+        input_ids = torch.tensor([[token]])
+
+
+def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """Apply repetition penalty, then take the argmax or sample from the nucleus."""
+    if sampling.repetition_penalty != 1.0:
+        previous = logits[seen]
+        logits[seen] = torch.where(previous > 0, previous / sampling.repetition_penalty, previous * sampling.repetition_penalty)
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class StopDecoder:
+    """Decodes a growing list of token ids into text pieces, cutting at the first stop string.
+
+    Text that could still become a stop string, or an incomplete UTF-8 character, is held back
+    until it is certain; `finished` turns True once a stop string has been seen.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.finished = False
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that is now safe to emit (possibly empty)."""
+        self.ids.append(token)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """Emit whatever is held back once generation has ended."""
+        return self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        if self.finished:
+            return ""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.finished = True
+            text = text[:cut]
+        elif not final:
+            text = text[: len(text) - self._held_back(text)]
+        piece = text[len(self.emitted) :]
+        self.emitted = text if len(text) > len(self.emitted) else self.emitted
+        return piece
+
+    def _held_back(self, text: str) -> int:
+        """Characters at the end of `text` that might be the start of a stop string or a split character."""
+        if text.endswith("\ufffd"):
+            return len(text) - len(self.emitted) if len(text) > len(self.emitted) else 0
+        return max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
