@@ -1,0 +1,38 @@
+"""Benchmarks of issue 3: `templora-memory bench pg19|locomo|cost` (needs the `bench` extra)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+__all__ = ["add_bench_parser", "main"]
+
+
+def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `bench` with its `pg19`, `locomo` and `cost` subcommands on an argparse subparsers object.
+
+    Each subcommand sets `handler`, a function of the parsed namespace: `args.handler(args)` runs it.
+    """
+    from templora_memory.bench import cost, locomo, pg19
+
+    parser = subparsers.add_parser("bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost}")
+    for module in (pg19, locomo, cost):
+        module.add_parser(benches)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry: `python -m templora_memory.bench pg19 ...` (same options as `templora-memory bench`)."""
+    parser = argparse.ArgumentParser(prog="python -m templora_memory.bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_bench_parser(commands)
+    args = parser.parse_args(["bench", *(argv if argv is not None else _argv())])
+    args.handler(args)
+    return 0
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]

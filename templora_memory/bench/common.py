@@ -1,0 +1,216 @@
+"""Shared pieces of the benchmarks: config options, the engine, token writing, JSON output, plots, memory."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from templora_memory.config import TempLoraConfig
+from templora_memory.engine import MemoryEngine
+from templora_memory.window import Message, Turn
+
+# ----- command-line options ---------------------------------------------------------------
+
+
+def add_common_options(parser: argparse.ArgumentParser, data_default: str, out_default: str) -> None:
+    """--data, --out, --plot, --model, --quiet, and one option per `TempLoraConfig` field."""
+    parser.add_argument("--data", default=data_default, help=f"input data (default: {data_default})")
+    parser.add_argument("--out", default=out_default, help=f"where to write the JSON results (default: {out_default})")
+    parser.add_argument("--plot", default=None, help="PNG plot path (default: the --out path with .png)")
+    parser.add_argument("--model", default=None, help="base model: local dir, cached HF id or .gguf (default: embedded)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_config_options(parser)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One `--field-name` option per `TempLoraConfig` field, generated from the pydantic model."""
+    group = parser.add_argument_group("Temp-Lora config (defaults: TempLoraConfig's)")
+    for name, field in TempLoraConfig.model_fields.items():
+        kind = field.annotation if field.annotation in (int, float) else str
+        help_text = f"{field.description or name} (default: {field.default})".replace("%", "%%")
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
+    """A `TempLoraConfig` with the fields given on the command line; the rest keep their defaults."""
+    values: dict[str, Any] = {}
+    for name in TempLoraConfig.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "target_modules" and value != "all-linear":
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        values[name] = value
+    return TempLoraConfig(**values)
+
+
+def engine_from_args(args: argparse.Namespace) -> MemoryEngine:
+    """Load the engine (base model + config) the benchmark runs on, with --threads torch threads."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return MemoryEngine(model=args.model, config=config_from_args(args))
+
+
+def plot_path(args: argparse.Namespace) -> Path:
+    """The --plot path, or the --out path with a .png suffix."""
+    return Path(args.plot) if args.plot else Path(args.out).with_suffix(".png")
+
+
+# ----- engine helpers -----------------------------------------------------------------------
+
+
+def write_tokens(engine: MemoryEngine, agent_id: str, ids: Sequence[int]) -> None:
+    """Write token ids into the agent's adapter in chunks of Δ: `absorb()` without re-tokenising text.
+
+    Uses the engine's own update (`_write`: same optimizer, warm-up, seeds and L_T context); re-tokenising
+    decoded text would not give back the same ids at chunk boundaries.
+    """
+    state = engine.agent(agent_id)
+    with state.lock:
+        state.pending.extend(ids)
+        while state.pending:
+            engine._write(state, min(engine.config.chunk_tokens, len(state.pending)))
+
+
+def turns(engine: MemoryEngine, messages: Sequence[Message]) -> list[Turn]:
+    """Messages rendered as conversation turns (tokens as the chat template writes them in a conversation)."""
+    out: list[Turn] = []
+    for message in messages:
+        out.append(engine.renderer.turn(message, out[-1].message if out else None))
+    return out
+
+
+def prefix_within(rendered: Sequence[Turn], max_tokens: int | None) -> int:
+    """How many leading turns fit in `max_tokens` tokens (all of them when None)."""
+    used = 0
+    for index, turn in enumerate(rendered):
+        used += len(turn.tokens)
+        if max_tokens is not None and used > max_tokens:
+            return index
+    return len(rendered)
+
+
+def render(engine: MemoryEngine, system: Sequence[Message], messages: Sequence[Message]) -> list[int]:
+    """Prompt ids (ending with the assistant header) for system + messages, built by the engine's renderer."""
+    return engine.renderer.prompt(list(system), turns(engine, messages))
+
+
+def ids(engine: MemoryEngine, text: str) -> list[int]:
+    """Token ids of `text` without special tokens."""
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def mean_nll(logprobs: Sequence[float]) -> float:
+    """Mean negative log-likelihood per token."""
+    return -sum(logprobs) / max(1, len(logprobs))
+
+
+def relative_change(base: float, new: float) -> float | None:
+    """(new − base) / base in percent; negative means `new` is lower (better for NLL and PPL)."""
+    return None if not base or math.isnan(base) else round(100.0 * (new - base) / base, 2)
+
+
+def progress(items: Iterable, quiet: bool, **kwargs) -> tqdm:
+    """A tqdm progress bar over `items` (disabled with --quiet)."""
+    return tqdm(items, disable=quiet, dynamic_ncols=True, **kwargs)
+
+
+# ----- memory -------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a block, above its resident memory at the start (MiB).
+
+    Linux only: freed heap is first returned to the OS (`malloc_trim`), then the kernel's high-water mark
+    (VmHWM) is reset by writing 5 to /proc/self/clear_refs; `peak_mib` is VmHWM − VmRSS(start) after the block.
+    Elsewhere `peak_mib` stays None.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mib: float | None = None
+        self._start: int | None = None
+
+    def __enter__(self) -> PeakRSS:
+        _malloc_trim()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._start = _status_kib("VmRSS")
+        except OSError:
+            self._start = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._start is not None:
+            self.peak_mib = round((_status_kib("VmHWM") - self._start) / 1024, 1)
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# ----- results ------------------------------------------------------------------------------
+
+
+def run_info(engine: MemoryEngine, args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """What produced a result: model, config, command options, machine and duration."""
+    options = {k: v for k, v in vars(args).items() if k not in TempLoraConfig.model_fields and not callable(v)}
+    return {
+        "model": engine.model_name,
+        "config": engine.config.model_dump(),
+        "options": options,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write the results as indented JSON (creating the folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def figure(ncols: int, width: float = 6.0, height: float = 4.0):
+    """A matplotlib figure with `ncols` side-by-side axes, on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save the figure as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
