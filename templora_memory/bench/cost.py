@@ -1,0 +1,159 @@
+"""`bench cost`: the paper's Table 4/5 analog — per-reply latency and peak memory, full history vs window + adapter.
+
+A LoCoMo conversation is streamed into one agent up to each history size (1K, 2K, 4K, 8K tokens); at each
+size the next turn is answered with the full history in the prompt (no adapter) and with the window + the
+agent's adapter. Replies have a fixed length (end-of-sequence is ignored) so that timings compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from templora_memory.bench import common
+from templora_memory.bench import locomo_data as data
+from templora_memory.engine import MemoryEngine
+from templora_memory.errors import InvalidInputError
+from templora_memory.generation import Sampling, generate_tokens
+from templora_memory.window import Message
+
+DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
+DEFAULT_HISTORIES = "1024,2048,4096,8192"
+AGENT = "cost"
+SETUPS = ("full", "window_adapter")
+
+
+def add_parser(subparsers) -> None:
+    """Register `bench cost`."""
+    parser = subparsers.add_parser("cost", help="latency and peak memory per reply: full history vs window + adapter")
+    common.add_common_options(parser, DEFAULT_DATA, "results/cost.json")
+    parser.add_argument("--histories", default=DEFAULT_HISTORIES, help=f"history sizes in tokens (default: {DEFAULT_HISTORIES})")
+    parser.add_argument("--replies", type=int, default=3, help="replies timed per setup and history size (default: 3)")
+    parser.add_argument("--reply-tokens", type=int, default=32, help="tokens generated per reply (default: 32)")
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark from parsed options, write JSON and plot, print the table."""
+    started = time.perf_counter()
+    sizes = sorted({int(s) for s in args.histories.split(",") if s.strip()})
+    item = data.load(args.data)[0]
+    messages = [line.message for session in data.lines(item) for line in session]
+    engine = common.engine_from_args(args)
+    result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.quiet)
+    result["run"] = common.run_info(engine, args, started)
+    common.write_json(args.out, result)
+    plot(result, common.plot_path(args))
+    print(table(result))
+    return result
+
+
+def run(engine: MemoryEngine, messages: list[Message], sizes: list[int], replies: int, reply_tokens: int, quiet=False):
+    """Grow one agent's history through `sizes`; time replies and training at each size."""
+    rendered = common.turns(engine, messages)
+    if not sizes or common.prefix_within(rendered, max(sizes)) + replies > len(messages):
+        raise InvalidInputError(f"the conversation has {sum(len(t.tokens) for t in rendered)} tokens: too short for these sizes")
+    system = [{"role": "system", "content": "Continue the conversation."}]
+    _timed_reply(engine, None, common.render(engine, system, messages[:2]), 2)  # warm-up: lazy initialisation
+    rows, sent = [], 0
+    for size in common.progress(sizes, quiet, desc="history sizes", unit="size"):
+        count = common.prefix_within(rendered, size)
+        started = time.perf_counter()
+        engine.add_turns(AGENT, system + messages[sent:count])
+        engine.prompt_ids(AGENT)  # writes what no longer fits in the window
+        write_seconds, sent = time.perf_counter() - started, count
+        asks = [{"role": "user", "content": m["content"]} for m in messages[count : count + replies]]
+        window = engine.window(AGENT)
+        row = {"history_tokens": sum(len(t.tokens) for t in rendered[:count]), "turns": count, "write_seconds": round(write_seconds, 2)}
+        row["full"] = measure(engine, None, [common.render(engine, system, messages[:count] + [a]) for a in asks], reply_tokens)
+        row["window_adapter"] = measure(engine, AGENT, [common.render(engine, system, window + [a]) for a in asks], reply_tokens)
+        for key in ("ttft_s", "reply_s", "peak_mib"):
+            row[f"{key}_change_pct"] = common.relative_change(row["full"][key], row["window_adapter"][key])
+        rows.append(row)
+    return {"benchmark": "cost", "histories": rows, "training": training(engine), "generation": generation(rows)}
+
+
+def measure(engine: MemoryEngine, agent: str | None, prompts: list[list[int]], reply_tokens: int) -> dict[str, Any]:
+    """Median time to first token and per reply, decoding rate, and the largest peak memory over the replies."""
+    ttfts, totals, peaks = [], [], []
+    for prompt in prompts:
+        with common.PeakRSS() as memory:
+            ttft, total = _timed_reply(engine, agent, prompt, reply_tokens)
+        ttfts.append(ttft)
+        totals.append(total)
+        peaks.append(memory.peak_mib)
+    decode = [(t - f) / max(1, reply_tokens - 1) * 1000 for f, t in zip(ttfts, totals)]
+    return {
+        "prompt_tokens": round(statistics.fmean(len(p) for p in prompts)),
+        "ttft_s": round(statistics.median(ttfts), 3),
+        "reply_s": round(statistics.median(totals), 3),
+        "decode_s_per_1k": round(statistics.median(decode), 2),
+        "peak_mib": max(peaks) if None not in peaks else None,
+        "replies": len(prompts),
+    }
+
+
+def _timed_reply(engine: MemoryEngine, agent: str | None, prompt: list[int], reply_tokens: int) -> tuple[float, float]:
+    """Seconds to the first token and to the whole fixed-length greedy reply (nothing is remembered)."""
+    started, first = time.perf_counter(), None
+    with engine.bank.active(agent) as model:
+        for _ in generate_tokens(model, prompt, Sampling(max_new_tokens=reply_tokens), eos_ids=set()):
+            first = first if first is not None else time.perf_counter() - started
+    return first or 0.0, time.perf_counter() - started
+
+
+def training(engine: MemoryEngine) -> dict[str, Any]:
+    """Seconds spent training the agent's adapter per 1K tokens written (Δ chunks, n epochs each)."""
+    stats = engine.stats(AGENT)
+    per_1k = stats.train_seconds / stats.tokens_written * 1000 if stats.tokens_written else None
+    return {
+        "tokens_written": stats.tokens_written,
+        "chunks": stats.chunks_trained,
+        "train_seconds": stats.train_seconds,
+        "train_s_per_1k": round(per_1k, 2) if per_1k is not None else None,
+    }
+
+
+def generation(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median decoding seconds per 1K generated tokens of each setup, over history sizes."""
+    return {f"{setup}_decode_s_per_1k": round(statistics.median(r[setup]["decode_s_per_1k"] for r in rows), 2) for setup in SETUPS}
+
+
+def table(result: dict[str, Any]) -> str:
+    """Latency and memory per history size, full vs window + adapter, and training vs generation per 1K."""
+    lines = [f"{'history':>8} {'setup':<15} {'prompt':>7} {'ttft_s':>8} {'reply_s':>8} {'peak_MiB':>9}"]
+    for row in result["histories"]:
+        for setup in SETUPS:
+            s = row[setup]
+            lines.append(
+                f"{row['history_tokens']:>8} {setup:<15} {s['prompt_tokens']:>7} {s['ttft_s']:>8.3f} {s['reply_s']:>8.3f} {s['peak_mib']!s:>9}"
+            )
+        lines.append(
+            f"{'':>8} {'change':<15} {'':>7} {_pct(row['ttft_s_change_pct']):>8} {_pct(row['reply_s_change_pct']):>8} {_pct(row['peak_mib_change_pct']):>9}"
+        )
+    t, g = result["training"], result["generation"]
+    lines.append(f"training: {t['train_s_per_1k']} s per 1K tokens written ({t['tokens_written']} tokens, {t['chunks']} chunks)")
+    lines.append(
+        f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), {g['full_decode_s_per_1k']} (full)"
+    )
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}%"
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Time to first token, time per reply and peak memory against history size, for both setups."""
+    fig, axes = common.figure(3, width=4.5)
+    x = [row["history_tokens"] for row in result["histories"]]
+    for axis, key, label in zip(axes, ("ttft_s", "reply_s", "peak_mib"), ("time to first token (s)", "time per reply (s)", "peak RSS (MiB)")):
+        for setup, color in zip(SETUPS, ("grey", "tab:red")):
+            axis.plot(x, [row[setup][key] or 0 for row in result["histories"]], marker="o", color=color, label=setup)
+        axis.set(xlabel="history (tokens)", ylabel=label, xscale="log", title=label)
+        axis.set_xticks(x, [f"{v / 1024:.0f}K" for v in x])
+        axis.legend()
+    return common.save_figure(fig, path)
