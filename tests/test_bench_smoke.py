@@ -1,0 +1,118 @@
+"""Smoke tests of `templora-memory bench pg19|locomo|cost` on the tiny model and small synthetic data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("bm25s")
+pytest.importorskip("matplotlib")
+
+from templora_memory.bench import add_bench_parser, common, cost, locomo, pg19  # noqa: E402
+from templora_memory.bench import locomo_data as data  # noqa: E402
+
+WORDS = "the blacksmith sells swords and shields in Oakridge while the innkeeper talks about the old castle".split()
+
+
+def _conversation(sample_id: str, speakers: tuple[str, str], sessions: int = 3, turns: int = 6) -> dict:
+    """A LoCoMo-format item: `sessions` sessions of `turns` turns, and one question of each category."""
+    conversation = {"speaker_a": speakers[0], "speaker_b": speakers[1]}
+    for s in range(1, sessions + 1):
+        conversation[f"session_{s}_date_time"] = f"1:00 pm on {s} May, 2023"
+        conversation[f"session_{s}"] = [
+            {"speaker": speakers[t % 2], "dia_id": f"D{s}:{t + 1}", "text": " ".join(WORDS[(s + t) % 5 :][:8])}
+            for t in range(turns)
+        ]
+    qa = [
+        {"question": "Who sells swords?", "answer": "the blacksmith", "evidence": ["D1:1"], "category": 4},
+        {"question": "When did they talk?", "answer": "1 May 2023", "evidence": ["D1:2"], "category": 2},
+        {"question": "What is sold?", "answer": "swords, shields", "evidence": ["D1:1", "D2:1"], "category": 1},
+        {"question": "What did the dragon say?", "adversarial_answer": "hello", "evidence": ["D3:1"], "category": 5},
+        {"question": "Would they like castles?", "answer": "yes", "evidence": ["D1:3"], "category": 3},
+    ]
+    return {"sample_id": sample_id, "conversation": conversation, "qa": qa}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: the tiny model gains nothing from more, and they thrash on a busy 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def locomo_file(tmp_path):
+    path = tmp_path / "locomo.json"
+    items = [_conversation("conv-a", ("Ann", "Bob")), _conversation("conv-b", ("Cid", "Dee"))]
+    path.write_text(json.dumps(items))
+    return path
+
+
+def test_pg19_scores_before_training_and_buckets_by_position(make_engine, tmp_path):
+    (tmp_path / "1.txt").write_text(" ".join(WORDS * 20))
+    engine = make_engine()
+    result = pg19.run(engine, pg19.book_paths(tmp_path, 1), max_tokens=200, bounds=[64, 128], quiet=True)
+    assert {"base_ppl", "templora_ppl", "change_pct", "tokens"} <= set(result["overall"])
+    assert [b["range"] for b in result["buckets"]] == ["0-64", "64-128", "128+"]
+    assert sum(b["tokens"] for b in result["buckets"]) == result["overall"]["tokens"] == 199  # first token is context
+    assert math.isfinite(result["overall"]["base_ppl"]) and result["overall"]["base_ppl"] > 1
+    first = result["chunks"][0]
+    assert first["base_nll"] == first["templora_nll"]  # nothing written yet: the adapter equals the base model
+    assert result["books"][0]["chunks_trained"] == math.ceil(200 / engine.config.chunk_tokens)
+    assert pg19.plot(result, tmp_path / "pg19.png").stat().st_size > 0
+    assert "Avg." in pg19.table(result)
+
+
+def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, locomo_file, tmp_path):
+    engine = make_engine()
+    items = data.load(locomo_file)
+    options = locomo.Options(answer_tokens=4, top_k=2)
+    result = locomo.run(engine, items, max_conversations=1, max_tokens=None, max_questions=4, options=options, quiet=True)
+    assert set(result["conditions"]) == set(locomo.CONDITIONS)
+    for summary in result["conditions"].values():
+        assert summary["n"] == 3 and summary["nll"] > 0 and 0 <= summary["f1"] <= 1
+        assert summary["plain"]["n"] == 3 and set(summary["by_category"]) == {"multi-hop", "temporal", "single-hop", "adversarial"}
+    written = {c["name"]: c["tokens_written"] for c in result["conversations"]}
+    assert len(written) == 2  # the second conversation trains the control adapter
+    assert engine.stats("locomo-conv-a").tokens_written == written["conv-a"]  # asking wrote nothing
+    assert len(result["questions"]) == 4 * len(locomo.CONDITIONS) * len(locomo.FORMS)
+    assert locomo.plot(result, tmp_path / "locomo.png").stat().st_size > 0
+
+
+def test_locomo_f1_is_locomos_metric():
+    assert data.token_f1("The blacksmith!", "blacksmith") == 1.0
+    assert data.token_f1("a red car", "blue car") == 0.5
+    assert data.multi_f1("swords, shields", "shields, swords") == 1.0
+    adversarial = data.Question("q", data.NOT_MENTIONED, 5, ())
+    assert data.score("That is not mentioned.", adversarial) == 1.0
+
+
+def test_cost_compares_full_history_with_window_and_adapter(make_engine, locomo_file, tmp_path):
+    engine = make_engine()
+    messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
+    result = cost.run(engine, messages, sizes=[64, 160], replies=1, reply_tokens=3, quiet=True)
+    assert [row["history_tokens"] <= size for row, size in zip(result["histories"], [64, 160])] == [True, True]
+    big = result["histories"][-1]
+    assert big["full"]["prompt_tokens"] > big["window_adapter"]["prompt_tokens"]
+    assert big["full"]["ttft_s"] > 0 and big["window_adapter"]["reply_s"] >= big["window_adapter"]["ttft_s"]
+    assert result["training"]["tokens_written"] > 0 and result["training"]["train_s_per_1k"] > 0
+    assert cost.plot(result, tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_cli_registers_bench_commands_with_config_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "pg19", "--max-books", "1", "--chunk-tokens", "256", "--target-modules", "q_proj,v_proj", "--out", str(tmp_path / "r.json")]
+    )
+    config = common.config_from_args(args)
+    assert args.handler is pg19.main and config.chunk_tokens == 256 and config.target_modules == ["q_proj", "v_proj"]
+    assert common.plot_path(args) == tmp_path / "r.png"
+    for name in ("locomo", "cost"):
+        assert parser.parse_args(["bench", name, "--learning-rate", "1e-3"]).learning_rate == 1e-3
