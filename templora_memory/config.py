@@ -23,7 +23,7 @@ class TempLoraConfig(BaseModel):
         256
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     chunk_tokens: int = Field(512, ge=16, le=32768)
     """Δ: tokens written into the adapter per training update (paper: 1024)."""

@@ -84,8 +84,10 @@ class MemoryEngine:
         return True
 
     def stats(self, agent_id: str) -> AgentStats:
-        """Counters of the agent's memory (an agent never seen reports zeros)."""
-        return self.agent(agent_id).stats()
+        """Counters of the agent's memory (an agent never seen reports zeros and gets no adapter)."""
+        _check_agent_id(agent_id)
+        state = self._agents.get(agent_id)
+        return (state or AgentState(agent_id)).stats()
 
     def window(self, agent_id: str) -> list[Message]:
         """The turns that the agent's next prompt would hold (with its last system message)."""
@@ -142,24 +144,36 @@ class MemoryEngine:
             if not state.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt = self._prompt(state)
-            reply.prompt_tokens = len(prompt)
-            decoder = StopDecoder(self.tokenizer, stop)
-            with self._model_lock, self.bank.active(agent_id) as model:
-                for token in generate_tokens(model, prompt, sampling, self.eos_ids):
-                    reply.completion_tokens += 1
-                    piece = decoder.push(token)
-                    if piece:
-                        reply.text += piece
-                        yield piece
-                    if decoder.finished:
-                        break
-                else:
-                    reply.finish_reason = "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop"
-            tail = decoder.flush()
-            if tail:
-                reply.text += tail
-                yield tail
+            yield from self.stream_completion(agent_id, prompt, sampling, stop, reply)
             self._append(state, {"role": "assistant", "content": reply.text})
+
+    def stream_completion(
+        self,
+        agent_id: str | None,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        stop: Sequence[str] = (),
+        reply: Reply | None = None,
+    ) -> Iterator[str]:
+        """Stream the text generated after `prompt` with the agent's adapter (or the base model); nothing is written."""
+        reply = reply if reply is not None else Reply()
+        reply.prompt_tokens = len(prompt)
+        decoder = StopDecoder(self.tokenizer, stop)
+        with self._model_lock, self.bank.active(agent_id) as model:
+            for token in generate_tokens(model, prompt, sampling, self.eos_ids):
+                reply.completion_tokens += 1
+                piece = decoder.push(token)
+                if piece:
+                    reply.text += piece
+                    yield piece
+                if decoder.finished:
+                    break
+            else:
+                reply.finish_reason = "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop"
+        tail = decoder.flush()
+        if tail:
+            reply.text += tail
+            yield tail
 
     def log_likelihood(self, agent_id: str | None, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
         """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none."""
@@ -208,7 +222,7 @@ class MemoryEngine:
 
     def _window(self, state: AgentState, system: list[Message]) -> int:
         """Index of the oldest turn in the window: the prompt, headers included, fits in L_X."""
-        overhead = len(self.renderer.prompt(system, [])) 
+        overhead = len(self.renderer.prompt(system, [])) if system else 0  # a first guess; the loop below is exact
         start = window_start(state.turns, self.config.window_tokens - overhead)
         while start < len(state.turns) and len(self.renderer.prompt(system, state.turns[start:])) > self.config.window_tokens:
             start += 1

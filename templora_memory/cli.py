@@ -1,0 +1,100 @@
+"""The `templora-memory` command: chat with an agent, run the demo, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from templora_memory.config import TempLoraConfig
+from templora_memory.errors import TemploraError
+
+
+def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
+    """One `--field-name` option per `TempLoraConfig` field, documented by the field's docstring."""
+    group = parser.add_argument_group("Temp-Lora config")
+    for name, field in TempLoraConfig.model_fields.items():
+        default = defaults.get(name, field.default)
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=field.annotation if field.annotation in (int, float) else _modules,
+            default=default,
+            help=f"{field.description} (default: {default})",
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
+    """Build the config from the options `add_config_options` added."""
+    return TempLoraConfig(**{name: getattr(args, name) for name in TempLoraConfig.model_fields})
+
+
+def _modules(value: str) -> str | list[str]:
+    return value if value == "all-linear" else [m.strip() for m in value.split(",") if m.strip()]
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from templora_memory.chat_model import ParametricMemory
+
+    memory = ParametricMemory(model=args.model, config=config_from_args(args), agent_id=args.agent)
+    system = [("system", args.system)] if args.system else []
+    print(f"Chatting with agent '{args.agent}' on {memory.model_name}. Ctrl-D or /quit to leave.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if line in ("/quit", "/exit"):
+            break
+        if not line:
+            continue
+        print(f"{args.agent}> ", end="", flush=True)
+        usage = None
+        for chunk in memory.stream([*system, ("human", line)]):
+            print(chunk.content, end="", flush=True)
+            usage = chunk.usage_metadata or usage
+        stats = memory.stats(args.agent)
+        print(f"\n  [prompt {usage['input_tokens']} tokens | chunks trained {stats.chunks_trained} | "
+              f"written {stats.tokens_written} | pending {stats.tokens_pending}]")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from templora_memory.demo import run_demo
+
+    run_demo(model=args.model, config=config_from_args(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="templora-memory", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    chat = commands.add_parser("chat", help="talk to an agent in a REPL; shows prompt size and chunks trained")
+    chat.add_argument("--agent", default="default", help="agent id (each has its own adapter)")
+    chat.add_argument("--system", default="", help="system message for the agent")
+    chat.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
+    add_config_options(chat)
+    chat.set_defaults(run=_chat)
+    demo = commands.add_parser("demo", help="an NPC dialogue longer than the window, recalled from the adapter")
+    demo.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
+    from templora_memory.demo import DEMO_CONFIG
+
+    add_config_options(demo, **DEMO_CONFIG)
+    demo.set_defaults(run=_demo)
+    try:
+        from templora_memory.bench import add_bench_parser
+    except ImportError:  # benchmarks need the `bench` extra
+        pass
+    else:
+        add_bench_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except TemploraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

