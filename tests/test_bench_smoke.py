@@ -85,6 +85,18 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     assert locomo.plot(result, tmp_path / "locomo.png").stat().st_size > 0
 
 
+def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):
+    from templora_memory.generation import Sampling, generate_tokens
+
+    engine = make_engine()
+    prompt, gold = common.ids(engine, "Who sells swords? The"), common.ids(engine, " blacksmith in Oakridge")
+    nll, text = locomo.answer(engine, None, prompt, gold, max_tokens=6)
+    assert nll == pytest.approx(common.mean_nll(engine.log_likelihood(None, prompt, gold)), abs=1e-4)
+    with engine.bank.active(None) as model:
+        expected = engine.tokenizer.decode(list(generate_tokens(model, prompt, Sampling(max_new_tokens=6), engine.eos_ids)))
+    assert text == expected.split("\n")[0].strip()
+
+
 def test_locomo_f1_is_locomos_metric():
     assert data.token_f1("The blacksmith!", "blacksmith") == 1.0
     assert data.token_f1("a red car", "blue car") == 0.5
