@@ -181,9 +181,16 @@ def run_info(engine: MemoryEngine, args: argparse.Namespace, started: float) -> 
         "model": engine.model_name,
         "config": engine.config.model_dump(),
         "options": options,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": _torch_threads(),
     }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -18,7 +18,7 @@ from templora_memory.bench import locomo_data as data
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, generate_tokens
-from templora_memory.window import Message
+from templora_memory.window import Message, window_start
 
 DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
 DEFAULT_HISTORIES = "1024,2048,4096,8192"
@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--histories", default=DEFAULT_HISTORIES, help=f"history sizes in tokens (default: {DEFAULT_HISTORIES})")
     parser.add_argument("--replies", type=int, default=3, help="replies timed per setup and history size (default: 3)")
     parser.add_argument("--reply-tokens", type=int, default=32, help="tokens generated per reply (default: 32)")
+    parser.add_argument(
+        "--train-tokens", type=int, default=None, help="history tokens written into the adapter (default: all; see docs)"
+    )
     parser.set_defaults(handler=main)
 
 
@@ -43,7 +46,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     item = data.load(args.data)[0]
     messages = [line.message for session in data.lines(item) for line in session]
     engine = common.engine_from_args(args)
-    result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.quiet)
+    result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.train_tokens, args.quiet)
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
     plot(result, common.plot_path(args))
@@ -51,22 +54,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run(engine: MemoryEngine, messages: list[Message], sizes: list[int], replies: int, reply_tokens: int, quiet=False):
-    """Grow one agent's history through `sizes`; time replies and training at each size."""
+def run(engine, messages: list[Message], sizes: list[int], replies: int, reply_tokens: int, train_tokens=None, quiet=False):
+    """Grow one agent's history through `sizes`; time replies and training at each size.
+
+    With `train_tokens`, only the history's first `train_tokens` tokens are written into the adapter: the
+    adapter's cost at inference does not depend on what it learned, so latency and memory stay comparable.
+    """
     rendered = common.turns(engine, messages)
     if not sizes or common.prefix_within(rendered, max(sizes)) + replies > len(messages):
         raise InvalidInputError(f"the conversation has {sum(len(t.tokens) for t in rendered)} tokens: too short for these sizes")
     system = [{"role": "system", "content": "Continue the conversation."}]
     _timed_reply(engine, None, common.render(engine, system, messages[:2]), 2)  # warm-up: lazy initialisation
+    trained = common.prefix_within(rendered, train_tokens)
     rows, sent = [], 0
     for size in common.progress(sizes, quiet, desc="history sizes", unit="size"):
         count = common.prefix_within(rendered, size)
         started = time.perf_counter()
-        engine.add_turns(AGENT, system + messages[sent:count])
+        engine.add_turns(AGENT, system + messages[sent : min(count, trained)])
         engine.prompt_ids(AGENT)  # writes what no longer fits in the window
-        write_seconds, sent = time.perf_counter() - started, count
+        write_seconds, sent = time.perf_counter() - started, min(count, trained)
         asks = [{"role": "user", "content": m["content"]} for m in messages[count : count + replies]]
-        window = engine.window(AGENT)
+        window = messages[_window_start(engine, system, rendered[:count]) : count]
         row = {"history_tokens": sum(len(t.tokens) for t in rendered[:count]), "turns": count, "write_seconds": round(write_seconds, 2)}
         row["full"] = measure(engine, None, [common.render(engine, system, messages[:count] + [a]) for a in asks], reply_tokens)
         row["window_adapter"] = measure(engine, AGENT, [common.render(engine, system, window + [a]) for a in asks], reply_tokens)
@@ -74,6 +82,12 @@ def run(engine: MemoryEngine, messages: list[Message], sizes: list[int], replies
             row[f"{key}_change_pct"] = common.relative_change(row["full"][key], row["window_adapter"][key])
         rows.append(row)
     return {"benchmark": "cost", "histories": rows, "training": training(engine), "generation": generation(rows)}
+
+
+def _window_start(engine: MemoryEngine, system: list[Message], turns) -> int:
+    """Index of the oldest turn of the L_X window over `turns` (the engine's rule: whole turns, headers counted)."""
+    overhead = len(engine.renderer.prompt(system, []))
+    return window_start(turns, engine.config.window_tokens - overhead)
 
 
 def measure(engine: MemoryEngine, agent: str | None, prompts: list[list[int]], reply_tokens: int) -> dict[str, Any]:
