@@ -124,7 +124,7 @@ def test_cli_registers_bench_commands_with_config_options(tmp_path):
         ["bench", "pg19", "--max-books", "1", "--chunk-tokens", "256", "--target-modules", "q_proj,v_proj", "--out", str(tmp_path / "r.json")]
     )
     config = common.config_from_args(args)
-    assert args.handler is pg19.main and config.chunk_tokens == 256 and config.target_modules == ["q_proj", "v_proj"]
+    assert args.run is pg19.main and config.chunk_tokens == 256 and config.target_modules == ["q_proj", "v_proj"]
     assert common.plot_path(args) == tmp_path / "r.png"
     for name in ("locomo", "cost"):
         assert parser.parse_args(["bench", name, "--learning-rate", "1e-3"]).learning_rate == 1e-3

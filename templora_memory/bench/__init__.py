@@ -11,7 +11,7 @@ __all__ = ["add_bench_parser", "main"]
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     """Register `bench` with its `pg19`, `locomo` and `cost` subcommands on an argparse subparsers object.
 
-    Each subcommand sets `handler`, a function of the parsed namespace: `args.handler(args)` runs it.
+    Each subcommand sets `run`, a function of the parsed namespace: `args.run(args)` runs it (as cli.py does).
     """
     from templora_memory.bench import cost, locomo, pg19
 
@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_bench_parser(commands)
     args = parser.parse_args(["bench", *(argv if argv is not None else _argv())])
-    args.handler(args)
+    args.run(args)
     return 0
 
 

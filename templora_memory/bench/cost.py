@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--train-tokens", type=int, default=None, help="history tokens written into the adapter (default: all; see docs)"
     )
-    parser.set_defaults(handler=main)
+    parser.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

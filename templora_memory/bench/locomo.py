@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--top-k", type=int, default=5, help="turns retrieved by BM25 (default: 5)")
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens generated per answer (default: 32)")
     parser.add_argument("--full-tokens", type=int, default=None, help="prompt cap of 'full' (default: the model context)")
-    parser.set_defaults(handler=main)
+    parser.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--buckets", default=",".join(map(str, DEFAULT_BUCKETS)), help="position bucket bounds in tokens (default: 8192,16384,32768)"
     )
-    parser.set_defaults(handler=main)
+    parser.set_defaults(run=main)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
