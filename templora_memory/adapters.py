@@ -67,12 +67,6 @@ class AdapterBank:
         marker = f".{self._names[agent_id]}."
         return [p for n, p in self.model.named_parameters() if marker in n]
 
-    def state_dict(self, agent_id: str) -> dict[str, torch.Tensor]:
-        """The agent's LoRA weights keyed by parameter name without the adapter name (peft's file layout)."""
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(self.model, adapter_name=self._names[agent_id])
-
     @contextlib.contextmanager
     def active(self, agent_id: str | None) -> Iterator[PeftModel]:
         """Run the model with the agent's adapter, or with no adapter at all when `agent_id` is None."""
