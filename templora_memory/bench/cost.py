@@ -167,7 +167,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     for axis, key, label in zip(axes, ("ttft_s", "reply_s", "peak_mib"), ("time to first token (s)", "time per reply (s)", "peak RSS (MiB)")):
         for setup, color in zip(SETUPS, ("grey", "tab:red")):
             axis.plot(x, [row[setup][key] or 0 for row in result["histories"]], marker="o", color=color, label=setup)
-        axis.set(xlabel="history (tokens)", ylabel=label, xscale="log", title=label)
+        axis.set(xlabel="history (tokens)", ylabel=label, title=label)
+        axis.set_xscale("log", base=2)
+        axis.minorticks_off()
         axis.set_xticks(x, [f"{v / 1024:.0f}K" for v in x])
         axis.legend()
     return common.save_figure(fig, path)
