@@ -85,7 +85,6 @@ class Dialogue:
     assistant: str
     system: list[Message]
     lines: list[data.Line]
-    dates: list[str]
     turns: list[Turn]
     start: int
 
@@ -120,14 +119,11 @@ def stream(engine: MemoryEngine, item: dict[str, Any], max_tokens: int | None, q
     name = str(item.get("sample_id", "conversation"))
     user, assistant = data.speakers(item)
     system = [{"role": "system", "content": f"A conversation between {user} (the user) and {assistant} (the assistant)."}]
-    sessions, dates = data.lines(item), []
-    for session in sessions:
-        date = session[0].message["content"][1:].split("] ", 1)[0] if session else ""
-        dates.extend([date] * len(session))
+    sessions = data.lines(item)
     flat = [line for session in sessions for line in session]
     turns = common.turns(engine, [line.message for line in flat])
     keep = common.prefix_within(turns, max_tokens)
-    flat, turns, dates = flat[:keep], turns[:keep], dates[:keep]
+    flat, turns = flat[:keep], turns[:keep]
     agent, sent = f"locomo-{name}", 0
     for session in common.progress(sessions, quiet, desc=f"writing {name}", unit="session"):
         batch = [line.message for line in session][: keep - sent]
@@ -136,7 +132,7 @@ def stream(engine: MemoryEngine, item: dict[str, Any], max_tokens: int | None, q
         sent += len(batch)
     engine.prompt_ids(agent)  # writes every pending token the window no longer holds
     start = len(flat) - len(engine.window(agent))
-    return Dialogue(name, agent, user, assistant, system, flat, dates, turns, start)
+    return Dialogue(name, agent, user, assistant, system, flat, turns, start)
 
 
 # ----- asking -----------------------------------------------------------------------------------
@@ -190,7 +186,7 @@ def retrieved_history(dialogue: Dialogue, query: str, top_k: int) -> list[Messag
     hits = _bm25(dialogue.lines[: dialogue.start], query, top_k)
     used = sum(len(dialogue.turns[i].tokens) for i in hits)
     recent = max(dialogue.start, window_start(dialogue.turns, max(0, budget - used)))
-    retrieved = [_dated(dialogue.lines[i].message, dialogue.dates[i]) for i in hits]
+    retrieved = [_dated(dialogue.lines[i]) for i in hits]
     return retrieved + dialogue.messages[recent:]
 
 
@@ -208,9 +204,10 @@ def _bm25(lines: list[data.Line], query: str, top_k: int) -> list[int]:
     return sorted(int(i) for i, s in zip(found[0], scores[0]) if s > 0)
 
 
-def _dated(message: Message, date: str) -> Message:
-    content = message["content"]
-    return message if not date or content.startswith("[") else {**message, "content": f"[{date}] {content}"}
+def _dated(line: data.Line) -> Message:
+    """The line's message, starting with its session's date (first lines of a session already do)."""
+    content = line.message["content"]
+    return line.message if not line.date or content.startswith(f"[{line.date}]") else {**line.message, "content": f"[{line.date}] {content}"}
 
 
 def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Question, form: str):

@@ -21,10 +21,11 @@ NOT_MENTIONED = "Not mentioned in the conversation"
 
 @dataclass(frozen=True)
 class Line:
-    """One conversation turn: its LoCoMo id and the chat message it becomes."""
+    """One conversation turn: its LoCoMo id, the chat message it becomes, and its session's date."""
 
     dia_id: str
     message: dict[str, str]
+    date: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def lines(item: dict[str, Any]) -> list[list[Line]]:
             if not session and date:
                 text = f"[{date}] {text}"
             role = "user" if turn["speaker"] == user else "assistant"
-            session.append(Line(turn["dia_id"], {"role": role, "content": text}))
+            session.append(Line(turn["dia_id"], {"role": role, "content": text}, date))
         sessions.append(session)
     return sessions
 
