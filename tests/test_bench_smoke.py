@@ -82,6 +82,10 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     assert len(written) == 2  # the second conversation trains the control adapter
     assert engine.stats("locomo-conv-a").tokens_written == written["conv-a"]  # asking wrote nothing
     assert len(result["questions"]) == 4 * len(locomo.CONDITIONS) * len(locomo.FORMS)
+    prompts = {(r["question"], r["form"], r["condition"]): r["prompt_tokens"] for r in result["questions"]}
+    for (question, form, condition), size in prompts.items():
+        if condition == "retrieval" and form == "chat":  # same budget as the window, up to turn-boundary effects
+            assert size <= prompts[(question, form, "window")] + 8
     assert locomo.plot(result, tmp_path / "locomo.png").stat().st_size > 0
 
 

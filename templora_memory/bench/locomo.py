@@ -174,24 +174,26 @@ def ask_all(engine, dialogue: Dialogue, question: data.Question, control: str | 
 
 def _history(engine, dialogue: Dialogue, question: data.Question, condition: str, options: Options) -> list[Message]:
     if condition == "retrieval":
-        return retrieved_history(dialogue, question.question, options.top_k)
+        return retrieved_history(engine, dialogue, question.question, options.top_k)
     limit = min(options.full_tokens or engine.context_tokens, engine.context_tokens)
     budget = limit - options.answer_tokens - 256  # room for the system message, question and headers
     return dialogue.messages[window_start(dialogue.turns, budget) :]
 
 
-def retrieved_history(dialogue: Dialogue, query: str, top_k: int) -> list[Message]:
-    """BM25 top-k turns from before the window (dated, in order), then the newest turns in the rest of its budget."""
+def retrieved_history(engine: MemoryEngine, dialogue: Dialogue, query: str, top_k: int) -> list[Message]:
+    """BM25 top-k turns from before the window (dated, in order), then the newest turns, in the window's budget."""
     budget = sum(len(t.tokens) for t in dialogue.turns[dialogue.start :])
-    hits = _bm25(dialogue.lines[: dialogue.start], query, top_k)
-    used = sum(len(dialogue.turns[i].tokens) for i in hits)
-    recent = max(dialogue.start, window_start(dialogue.turns, max(0, budget - used)))
-    retrieved = [_dated(dialogue.lines[i]) for i in hits]
-    return retrieved + dialogue.messages[recent:]
+    chosen, used = [], 0
+    for index in _bm25(dialogue.lines[: dialogue.start], query, top_k):  # best first
+        size = len(common.turns(engine, [_dated(dialogue.lines[index])])[0].tokens)
+        if used + size <= budget:
+            chosen, used = [*chosen, index], used + size
+    recent = max(dialogue.start, window_start(dialogue.turns, budget - used))
+    return [_dated(dialogue.lines[i]) for i in sorted(chosen)] + dialogue.messages[recent:]
 
 
 def _bm25(lines: list[data.Line], query: str, top_k: int) -> list[int]:
-    """Indices (in order) of the `top_k` lines that best match `query` under BM25 (bm25s)."""
+    """Indices of the `top_k` lines that best match `query` under BM25 (bm25s), best first."""
     if not lines or top_k <= 0:
         return []
     import bm25s
@@ -201,7 +203,7 @@ def _bm25(lines: list[data.Line], query: str, top_k: int) -> list[int]:
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
     k = min(top_k, len(corpus))
     found, scores = retriever.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False)
-    return sorted(int(i) for i, s in zip(found[0], scores[0]) if s > 0)
+    return [int(i) for i, s in zip(found[0], scores[0]) if s > 0]
 
 
 def _dated(line: data.Line) -> Message:
