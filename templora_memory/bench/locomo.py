@@ -96,7 +96,8 @@ class Dialogue:
 def run(engine, items, max_conversations, max_tokens, max_questions, options: Options, quiet=False) -> dict[str, Any]:
     """Stream the conversations, ask their questions under every condition, and summarise."""
     evaluated = items[:max_conversations]
-    pool = evaluated if len(evaluated) > 1 else items[:2]  # one conversation: the next one trains its control
+    pool = evaluated if len(evaluated) > 1 or "control" not in options.conditions else items[:2]
+    # with one conversation evaluated, the next one in the file is streamed to train its control adapter
     dialogues = [stream(engine, item, max_tokens, quiet) for item in pool]
     records = []
     for index, (item, dialogue) in enumerate(zip(evaluated, dialogues)):
