@@ -21,7 +21,6 @@ import torch
 from templora_memory.bench import common
 from templora_memory.bench import locomo_data as data
 from templora_memory.engine import MemoryEngine
-from templora_memory.generation import StopDecoder
 from templora_memory.window import Message, Turn, window_start
 
 DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
@@ -227,7 +226,7 @@ def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Q
 
 @torch.no_grad()
 def answer(engine: MemoryEngine, agent: str | None, prompt: list[int], gold: list[int], max_tokens: int) -> tuple[float, str]:
-    """Mean NLL of the gold answer and a greedy answer up to the first newline, from one shared prefill.
+    """Mean NLL of the gold answer and a greedy one-line answer, from one shared prompt pass.
 
     Nothing is remembered: the agent's adapter is only read. Equal to `engine.log_likelihood` and a greedy
     `generate_tokens` run on the same prompt, at the cost of one prompt pass instead of two.
@@ -243,18 +242,17 @@ def answer(engine: MemoryEngine, agent: str | None, prompt: list[int], gold: lis
 
 
 def _greedy(engine: MemoryEngine, model, cache, logits: torch.Tensor, max_tokens: int) -> str:
-    """Greedy decoding from a prefilled cache until end-of-sequence, a newline or `max_tokens`."""
-    decoder = StopDecoder(engine.tokenizer, ["\n"])
-    text = ""
+    """Greedy decoding from a prefilled cache until end-of-sequence, the end of the first non-empty line, or `max_tokens`."""
+    tokens: list[int] = []
     for _ in range(max_tokens):
         token = int(logits.argmax())
         if token in engine.eos_ids:
             break
-        text += decoder.push(token)
-        if decoder.finished:
-            break
+        tokens.append(token)
+        if "\n" in engine.tokenizer.decode(tokens, skip_special_tokens=True).lstrip():
+            break  # leading newlines are skipped: the answer may start on the next line
         logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1].float()
-    return (text + decoder.flush()).strip()
+    return engine.tokenizer.decode(tokens, skip_special_tokens=True).lstrip().split("\n")[0].strip()
 
 
 # ----- results ----------------------------------------------------------------------------------
