@@ -73,11 +73,18 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     engine = make_engine()
     items = data.load(locomo_file)
     options = locomo.Options(answer_tokens=4, top_k=2)
-    result = locomo.run(engine, items, max_conversations=1, max_tokens=None, max_questions=4, options=options, quiet=True)
+    result = locomo.run(
+        engine, items, max_conversations=1, max_tokens=None, max_questions=4, options=options, quiet=True
+    )
     assert set(result["conditions"]) == set(locomo.CONDITIONS)
     for summary in result["conditions"].values():
         assert summary["n"] == 3 and summary["nll"] > 0 and 0 <= summary["f1"] <= 1
-        assert summary["plain"]["n"] == 3 and set(summary["by_category"]) == {"multi-hop", "temporal", "single-hop", "adversarial"}
+        assert summary["plain"]["n"] == 3 and set(summary["by_category"]) == {
+            "multi-hop",
+            "temporal",
+            "single-hop",
+            "adversarial",
+        }
     written = {c["name"]: c["tokens_written"] for c in result["conversations"]}
     assert len(written) == 2  # the second conversation trains the control adapter
     assert engine.stats("locomo-conv-a").tokens_written == written["conv-a"]  # asking wrote nothing
@@ -97,7 +104,9 @@ def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):
     nll, text = locomo.answer(engine, None, prompt, gold, max_tokens=6)
     assert nll == pytest.approx(common.mean_nll(engine.log_likelihood(None, prompt, gold)), abs=1e-4)
     with engine.bank.active(None) as model:
-        expected = engine.tokenizer.decode(list(generate_tokens(model, prompt, Sampling(max_new_tokens=6), engine.eos_ids)))
+        expected = engine.tokenizer.decode(
+            list(generate_tokens(model, prompt, Sampling(max_new_tokens=6), engine.eos_ids))
+        )
     assert text == expected.lstrip().split("\n")[0].strip()
 
 
@@ -113,7 +122,7 @@ def test_cost_compares_full_history_with_window_and_adapter(make_engine, locomo_
     engine = make_engine()
     messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
     result = cost.run(engine, messages, sizes=[64, 160], replies=1, reply_tokens=3, train_tokens=100, quiet=True)
-    assert [row["history_tokens"] <= size for row, size in zip(result["histories"], [64, 160])] == [True, True]
+    assert all(row["history_tokens"] <= size for row, size in zip(result["histories"], [64, 160], strict=True))
     big = result["histories"][-1]
     assert big["full"]["prompt_tokens"] > big["window_adapter"]["prompt_tokens"]
     assert big["full"]["ttft_s"] > 0 and big["window_adapter"]["reply_s"] >= big["window_adapter"]["ttft_s"]
@@ -125,7 +134,18 @@ def test_cli_registers_bench_commands_with_config_options(tmp_path):
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
-        ["bench", "pg19", "--max-books", "1", "--chunk-tokens", "256", "--target-modules", "q_proj,v_proj", "--out", str(tmp_path / "r.json")]
+        [
+            "bench",
+            "pg19",
+            "--max-books",
+            "1",
+            "--chunk-tokens",
+            "256",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
     )
     config = common.config_from_args(args)
     assert args.run is pg19.main and config.chunk_tokens == 256 and config.target_modules == ["q_proj", "v_proj"]

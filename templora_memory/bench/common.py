@@ -27,7 +27,9 @@ def add_common_options(parser: argparse.ArgumentParser, data_default: str, out_d
     parser.add_argument("--data", default=data_default, help=f"input data (default: {data_default})")
     parser.add_argument("--out", default=out_default, help=f"where to write the JSON results (default: {out_default})")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: the --out path with .png)")
-    parser.add_argument("--model", default=None, help="base model: local dir, cached HF id or .gguf (default: embedded)")
+    parser.add_argument(
+        "--model", default=None, help="base model: local dir, cached HF id or .gguf (default: embedded)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_config_options(parser)

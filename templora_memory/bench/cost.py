@@ -30,11 +30,16 @@ def add_parser(subparsers) -> None:
     """Register `bench cost`."""
     parser = subparsers.add_parser("cost", help="latency and peak memory per reply: full history vs window + adapter")
     common.add_common_options(parser, DEFAULT_DATA, "results/cost.json")
-    parser.add_argument("--histories", default=DEFAULT_HISTORIES, help=f"history sizes in tokens (default: {DEFAULT_HISTORIES})")
+    parser.add_argument(
+        "--histories", default=DEFAULT_HISTORIES, help=f"history sizes in tokens (default: {DEFAULT_HISTORIES})"
+    )
     parser.add_argument("--replies", type=int, default=3, help="replies timed per setup and history size (default: 3)")
     parser.add_argument("--reply-tokens", type=int, default=32, help="tokens generated per reply (default: 32)")
     parser.add_argument(
-        "--train-tokens", type=int, default=None, help="history tokens written into the adapter (default: all; see docs)"
+        "--train-tokens",
+        type=int,
+        default=None,
+        help="history tokens written into the adapter (default: all; see docs)",
     )
     parser.set_defaults(run=main)
 
@@ -54,7 +59,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def run(engine, messages: list[Message], sizes: list[int], replies: int, reply_tokens: int, train_tokens=None, quiet=False):
+def run(
+    engine, messages: list[Message], sizes: list[int], replies: int, reply_tokens: int, train_tokens=None, quiet=False
+):
     """Grow one agent's history through `sizes`; time replies and training at each size.
 
     With `train_tokens`, only the history's first `train_tokens` tokens are written into the adapter: the
@@ -62,7 +69,9 @@ def run(engine, messages: list[Message], sizes: list[int], replies: int, reply_t
     """
     rendered = common.turns(engine, messages)
     if not sizes or common.prefix_within(rendered, max(sizes)) + replies > len(messages):
-        raise InvalidInputError(f"the conversation has {sum(len(t.tokens) for t in rendered)} tokens: too short for these sizes")
+        raise InvalidInputError(
+            f"the conversation has {sum(len(t.tokens) for t in rendered)} tokens: too short for these sizes"
+        )
     system = [{"role": "system", "content": "Continue the conversation."}]
     _timed_reply(engine, None, common.render(engine, system, messages[:2]), 2)  # warm-up: lazy initialisation
     trained = common.prefix_within(rendered, train_tokens)
@@ -75,9 +84,17 @@ def run(engine, messages: list[Message], sizes: list[int], replies: int, reply_t
         write_seconds, sent = time.perf_counter() - started, min(count, trained)
         asks = [{"role": "user", "content": m["content"]} for m in messages[count : count + replies]]
         window = messages[_window_start(engine, system, rendered[:count]) : count]
-        row = {"history_tokens": sum(len(t.tokens) for t in rendered[:count]), "turns": count, "write_seconds": round(write_seconds, 2)}
-        row["full"] = measure(engine, None, [common.render(engine, system, messages[:count] + [a]) for a in asks], reply_tokens)
-        row["window_adapter"] = measure(engine, AGENT, [common.render(engine, system, window + [a]) for a in asks], reply_tokens)
+        row = {
+            "history_tokens": sum(len(t.tokens) for t in rendered[:count]),
+            "turns": count,
+            "write_seconds": round(write_seconds, 2),
+        }
+        row["full"] = measure(
+            engine, None, [common.render(engine, system, messages[:count] + [a]) for a in asks], reply_tokens
+        )
+        row["window_adapter"] = measure(
+            engine, AGENT, [common.render(engine, system, window + [a]) for a in asks], reply_tokens
+        )
         for key in ("ttft_s", "reply_s", "peak_mib"):
             row[f"{key}_change_pct"] = common.relative_change(row["full"][key], row["window_adapter"][key])
         rows.append(row)
@@ -99,7 +116,7 @@ def measure(engine: MemoryEngine, agent: str | None, prompts: list[list[int]], r
         ttfts.append(ttft)
         totals.append(total)
         peaks.append(memory.peak_mib)
-    decode = [(t - f) / max(1, reply_tokens - 1) * 1000 for f, t in zip(ttfts, totals)]
+    decode = [(t - f) / max(1, reply_tokens - 1) * 1000 for f, t in zip(ttfts, totals, strict=True)]
     return {
         "prompt_tokens": round(statistics.fmean(len(p) for p in prompts)),
         "ttft_s": round(statistics.median(ttfts), 3),
@@ -133,7 +150,10 @@ def training(engine: MemoryEngine) -> dict[str, Any]:
 
 def generation(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median decoding seconds per 1K generated tokens of each setup, over history sizes."""
-    return {f"{setup}_decode_s_per_1k": round(statistics.median(r[setup]["decode_s_per_1k"] for r in rows), 2) for setup in SETUPS}
+    return {
+        f"{setup}_decode_s_per_1k": round(statistics.median(r[setup]["decode_s_per_1k"] for r in rows), 2)
+        for setup in SETUPS
+    }
 
 
 def table(result: dict[str, Any]) -> str:
@@ -143,15 +163,20 @@ def table(result: dict[str, Any]) -> str:
         for setup in SETUPS:
             s = row[setup]
             lines.append(
-                f"{row['history_tokens']:>8} {setup:<15} {s['prompt_tokens']:>7} {s['ttft_s']:>8.3f} {s['reply_s']:>8.3f} {s['peak_mib']!s:>9}"
+                f"{row['history_tokens']:>8} {setup:<15} {s['prompt_tokens']:>7} "
+                f"{s['ttft_s']:>8.3f} {s['reply_s']:>8.3f} {s['peak_mib']!s:>9}"
             )
         lines.append(
-            f"{'':>8} {'change':<15} {'':>7} {_pct(row['ttft_s_change_pct']):>8} {_pct(row['reply_s_change_pct']):>8} {_pct(row['peak_mib_change_pct']):>9}"
+            f"{'':>8} {'change':<15} {'':>7} {_pct(row['ttft_s_change_pct']):>8} "
+            f"{_pct(row['reply_s_change_pct']):>8} {_pct(row['peak_mib_change_pct']):>9}"
         )
     t, g = result["training"], result["generation"]
-    lines.append(f"training: {t['train_s_per_1k']} s per 1K tokens written ({t['tokens_written']} tokens, {t['chunks']} chunks)")
     lines.append(
-        f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), {g['full_decode_s_per_1k']} (full)"
+        f"training: {t['train_s_per_1k']} s per 1K tokens written ({t['tokens_written']} tokens, {t['chunks']} chunks)"
+    )
+    lines.append(
+        f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), "
+        f"{g['full_decode_s_per_1k']} (full)"
     )
     return "\n".join(lines)
 
@@ -164,8 +189,13 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     """Time to first token, time per reply and peak memory against history size, for both setups."""
     fig, axes = common.figure(3, width=4.5)
     x = [row["history_tokens"] for row in result["histories"]]
-    for axis, key, label in zip(axes, ("ttft_s", "reply_s", "peak_mib"), ("time to first token (s)", "time per reply (s)", "peak RSS (MiB)")):
-        for setup, color in zip(SETUPS, ("grey", "tab:red")):
+    for axis, key, label in zip(
+        axes,
+        ("ttft_s", "reply_s", "peak_mib"),
+        ("time to first token (s)", "time per reply (s)", "peak RSS (MiB)"),
+        strict=True,
+    ):
+        for setup, color in zip(SETUPS, ("grey", "tab:red"), strict=True):
             axis.plot(x, [row[setup][key] or 0 for row in result["histories"]], marker="o", color=color, label=setup)
         axis.set(xlabel="history (tokens)", ylabel=label, title=label)
         axis.set_xscale("log", base=2)

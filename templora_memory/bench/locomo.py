@@ -30,16 +30,24 @@ FORMS = ("chat", "plain")
 
 def add_parser(subparsers) -> None:
     """Register `bench locomo`."""
-    parser = subparsers.add_parser("locomo", help="conversation recall on LoCoMo: answer NLL and token F1 per condition")
+    parser = subparsers.add_parser(
+        "locomo", help="conversation recall on LoCoMo: answer NLL and token F1 per condition"
+    )
     common.add_common_options(parser, DEFAULT_DATA, "results/locomo.json")
     parser.add_argument("--max-tokens", type=int, default=None, help="conversation tokens streamed (default: all)")
     parser.add_argument("--max-questions", type=int, default=None, help="questions per conversation (default: all)")
     parser.add_argument("--max-conversations", type=int, default=None, help="conversations evaluated (default: all)")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated subset of " + ",".join(CONDITIONS))
-    parser.add_argument("--forms", default=",".join(FORMS), help="question forms: chat (next user turn), plain (Question:/Answer:)")
+    parser.add_argument(
+        "--conditions", default=",".join(CONDITIONS), help="comma-separated subset of " + ",".join(CONDITIONS)
+    )
+    parser.add_argument(
+        "--forms", default=",".join(FORMS), help="question forms: chat (next user turn), plain (Question:/Answer:)"
+    )
     parser.add_argument("--top-k", type=int, default=5, help="turns retrieved by BM25 (default: 5)")
     parser.add_argument("--answer-tokens", type=int, default=32, help="tokens generated per answer (default: 32)")
-    parser.add_argument("--full-tokens", type=int, default=None, help="prompt cap of 'full' (default: the model context)")
+    parser.add_argument(
+        "--full-tokens", type=int, default=None, help="prompt cap of 'full' (default: the model context)"
+    )
     parser.set_defaults(run=main)
 
 
@@ -99,7 +107,7 @@ def run(engine, items, max_conversations, max_tokens, max_questions, options: Op
     # with one conversation evaluated, the next one in the file is streamed to train its control adapter
     dialogues = [stream(engine, item, max_tokens, quiet) for item in pool]
     records = []
-    for index, (item, dialogue) in enumerate(zip(evaluated, dialogues)):
+    for index, (item, dialogue) in enumerate(zip(evaluated, dialogues, strict=False)):
         control = dialogues[(index + 1) % len(dialogues)].agent if len(dialogues) > 1 else None
         seen = {line.dia_id for line in dialogue.lines}
         asked = data.questions(item, seen)[:max_questions]
@@ -118,7 +126,9 @@ def stream(engine: MemoryEngine, item: dict[str, Any], max_tokens: int | None, q
     """Write the conversation, session by session, into its own agent; keep what the window still holds."""
     name = str(item.get("sample_id", "conversation"))
     user, assistant = data.speakers(item)
-    system = [{"role": "system", "content": f"A conversation between {user} (the user) and {assistant} (the assistant)."}]
+    system = [
+        {"role": "system", "content": f"A conversation between {user} (the user) and {assistant} (the assistant)."}
+    ]
     sessions = data.lines(item)
     flat = [line for session in sessions for line in session]
     turns = common.turns(engine, [line.message for line in flat])
@@ -202,14 +212,20 @@ def _bm25(lines: list[data.Line], query: str, top_k: int) -> list[int]:
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
     k = min(top_k, len(corpus))
-    found, scores = retriever.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False)
-    return [int(i) for i, s in zip(found[0], scores[0]) if s > 0]
+    found, scores = retriever.retrieve(
+        bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False
+    )
+    return [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
 
 
 def _dated(line: data.Line) -> Message:
     """The line's message, starting with its session's date (first lines of a session already do)."""
     content = line.message["content"]
-    return line.message if not line.date or content.startswith(f"[{line.date}]") else {**line.message, "content": f"[{line.date}] {content}"}
+    return (
+        line.message
+        if not line.date or content.startswith(f"[{line.date}]")
+        else {**line.message, "content": f"[{line.date}] {content}"}
+    )
 
 
 def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Question, form: str):
@@ -225,7 +241,9 @@ def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Q
 
 
 @torch.no_grad()
-def answer(engine: MemoryEngine, agent: str | None, prompt: list[int], gold: list[int], max_tokens: int) -> tuple[float, str]:
+def answer(
+    engine: MemoryEngine, agent: str | None, prompt: list[int], gold: list[int], max_tokens: int
+) -> tuple[float, str]:
     """Mean NLL of the gold answer and a greedy one-line answer, from one shared prompt pass.
 
     Nothing is remembered: the agent's adapter is only read. Equal to `engine.log_likelihood` and a greedy
@@ -242,7 +260,7 @@ def answer(engine: MemoryEngine, agent: str | None, prompt: list[int], gold: lis
 
 
 def _greedy(engine: MemoryEngine, model, cache, logits: torch.Tensor, max_tokens: int) -> str:
-    """Greedy decoding from a prefilled cache until end-of-sequence, the end of the first non-empty line, or `max_tokens`."""
+    """Greedy decoding from a prefilled cache until end-of-sequence, the first non-empty line's end, or `max_tokens`."""
     tokens: list[int] = []
     for _ in range(max_tokens):
         token = int(logits.argmax())
@@ -275,7 +293,8 @@ def _summary(rows: list[dict]) -> dict[str, Any]:
     """nll / f1 over categories 1, 2, 4; per category; questions outside the window; adversarial apart."""
     scored = [r for r in rows if r["category"] in data.SCORED_CATEGORIES]
     categories = {
-        data.CATEGORY_NAMES[c]: _means([r for r in rows if r["category"] == c]) for c in (*data.SCORED_CATEGORIES, data.ADVERSARIAL)
+        data.CATEGORY_NAMES[c]: _means([r for r in rows if r["category"] == c])
+        for c in (*data.SCORED_CATEGORIES, data.ADVERSARIAL)
     }
     return {
         **_means(scored),
@@ -314,12 +333,16 @@ def _subset(text: str, allowed: tuple[str, ...], option: str) -> tuple[str, ...]
 
 def table(result: dict[str, Any]) -> str:
     """NLL and F1 per condition and form, over categories 1/2/4, outside the window, and adversarial."""
-    lines = [f"{'condition':<10} {'form':<6} {'nll':>7} {'f1':>7} {'n':>4}  {'out-nll':>7} {'out-f1':>7} {'out-n':>5}  {'adv-acc':>7}"]
+    lines = [
+        f"{'condition':<10} {'form':<6} {'nll':>7} {'f1':>7} {'n':>4}  "
+        f"{'out-nll':>7} {'out-f1':>7} {'out-n':>5}  {'adv-acc':>7}"
+    ]
     for name, summary in result["conditions"].items():
         for form, s in [(summary["form"], summary), *((f, summary[f]) for f in FORMS if f in summary)]:
             out, adv = s["outside_window"], s["by_category"]["adversarial"]
             lines.append(
-                f"{name:<10} {form:<6} {_f(s['nll'])} {_f(s['f1'])} {s['n']:>4}  {_f(out['nll'])} {_f(out['f1'])} {out['n']:>5}  {_f(adv['f1'])}"
+                f"{name:<10} {form:<6} {_f(s['nll'])} {_f(s['f1'])} {s['n']:>4}  "
+                f"{_f(out['nll'])} {_f(out['f1'])} {out['n']:>5}  {_f(adv['f1'])}"
             )
     return "\n".join(lines)
 
@@ -332,14 +355,19 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     """Gold-answer NLL (left) and answer F1 (right) per condition, one bar per question form."""
     fig, axes = common.figure(2)
     names = list(result["conditions"])
-    forms = [result["conditions"][names[0]]["form"]] + [f for f in FORMS if names and f in result["conditions"][names[0]]]
+    forms = [result["conditions"][names[0]]["form"]] + [
+        f for f in FORMS if names and f in result["conditions"][names[0]]
+    ]
     width = 0.8 / max(1, len(forms))
-    for axis, metric in zip(axes, ("nll", "f1")):
+    for axis, metric in zip(axes, ("nll", "f1"), strict=True):
         for j, form in enumerate(forms):
             values = [_form(result["conditions"][n], form)[metric] or 0.0 for n in names]
             axis.bar([i + j * width for i in range(len(names))], values, width=width, label=f"{form} form")
         axis.set_xticks([i + width * (len(forms) - 1) / 2 for i in range(len(names))], names)
-        axis.set(ylabel=metric, title=f"LoCoMo categories 1/2/4: {'gold-answer NLL (lower is better)' if metric == 'nll' else 'token F1'}")
+        axis.set(
+            ylabel=metric,
+            title=f"LoCoMo categories 1/2/4: {'gold-answer NLL (lower is better)' if metric == 'nll' else 'token F1'}",
+        )
         axis.legend()
     return common.save_figure(fig, path)
 

@@ -23,12 +23,16 @@ DEFAULT_BUCKETS = (8192, 16384, 32768)
 
 def add_parser(subparsers) -> None:
     """Register `bench pg19`."""
-    parser = subparsers.add_parser("pg19", help="PPL by position on long books, base model vs Temp-Lora (paper Table 1)")
+    parser = subparsers.add_parser(
+        "pg19", help="PPL by position on long books, base model vs Temp-Lora (paper Table 1)"
+    )
     common.add_common_options(parser, DEFAULT_DATA, "results/pg19.json")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens read per book (default: all)")
     parser.add_argument("--max-books", type=int, default=None, help="books read, in file-name order (default: all)")
     parser.add_argument(
-        "--buckets", default=",".join(map(str, DEFAULT_BUCKETS)), help="position bucket bounds in tokens (default: 8192,16384,32768)"
+        "--buckets",
+        default=",".join(map(str, DEFAULT_BUCKETS)),
+        help="position bucket bounds in tokens (default: 8192,16384,32768)",
     )
     parser.set_defaults(run=main)
 
@@ -64,7 +68,9 @@ def parse_bounds(text: str) -> list[int]:
     try:
         bounds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise InvalidInputError(f"--buckets {text!r}: give comma-separated token positions, e.g. 8192,16384,32768") from None
+        raise InvalidInputError(
+            f"--buckets {text!r}: give comma-separated token positions, e.g. 8192,16384,32768"
+        ) from None
     if any(b <= 0 for b in bounds) or bounds != sorted(set(bounds)):
         raise InvalidInputError(f"--buckets {text!r}: positions must be positive and strictly increasing")
     return bounds
@@ -94,7 +100,9 @@ class Tally:
         }
 
 
-def run(engine: MemoryEngine, books: list[Path], max_tokens: int | None, bounds: list[int], quiet: bool = False) -> dict:
+def run(
+    engine: MemoryEngine, books: list[Path], max_tokens: int | None, bounds: list[int], quiet: bool = False
+) -> dict:
     """Score and train every book; return overall, per-bucket and per-chunk results."""
     overall, buckets = Tally(), [Tally() for _ in range(len(bounds) + 1)]
     chunks, per_book = [], []
@@ -184,7 +192,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         rows = [c for c in result["chunks"] if c["book"] == book]
         x = [c["position"] / 1024 for c in rows]
         along.plot(x, [math.exp(c["base_nll"]) for c in rows], color="grey", alpha=0.7, label=f"{book} base")
-        along.plot(x, [math.exp(c["templora_nll"]) for c in rows], color="tab:red", alpha=0.7, label=f"{book} Temp-Lora")
+        along.plot(
+            x, [math.exp(c["templora_nll"]) for c in rows], color="tab:red", alpha=0.7, label=f"{book} Temp-Lora"
+        )
     along.set(xlabel="position (K tokens)", ylabel="chunk PPL", title="PPL per chunk, scored before training on it")
     along.legend(fontsize=7)
     filled = [b for b in result["buckets"] if b["tokens"]]
