@@ -18,7 +18,7 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> N
             f"--{name.replace('_', '-')}",
             type=field.annotation if field.annotation in (int, float) else _modules,
             default=default,
-            help=f"{field.description} (default: {default})",
+            help=f"{field.description} (default: {default})".replace("%", "%%"),
         )
 
 

@@ -90,7 +90,7 @@ class MemoryEngine:
         return (state or AgentState(agent_id)).stats()
 
     def window(self, agent_id: str) -> list[Message]:
-        """The turns that the agent's next prompt would hold (with its last system message)."""
+        """The turns that the agent's next prompt would hold (sized next to its last system message, which is not returned)."""
         state = self.agent(agent_id)
         with state.lock:
             start = self._window(state, state.system)

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from templora_memory.cli import add_config_options, config_from_args
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
 from templora_memory.window import Message, Turn
@@ -33,28 +34,6 @@ def add_common_options(parser: argparse.ArgumentParser, data_default: str, out_d
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_config_options(parser)
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One `--field-name` option per `TempLoraConfig` field, generated from the pydantic model."""
-    group = parser.add_argument_group("Temp-Lora config (defaults: TempLoraConfig's)")
-    for name, field in TempLoraConfig.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float) else str
-        help_text = f"{field.description or name} (default: {field.default})".replace("%", "%%")
-        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
-
-
-def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
-    """A `TempLoraConfig` with the fields given on the command line; the rest keep their defaults."""
-    values: dict[str, Any] = {}
-    for name in TempLoraConfig.model_fields:
-        value = getattr(args, name, None)
-        if value is None:
-            continue
-        if name == "target_modules" and value != "all-linear":
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        values[name] = value
-    return TempLoraConfig(**values)
 
 
 def engine_from_args(args: argparse.Namespace) -> MemoryEngine:
