@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -145,6 +146,38 @@ class ParametricMemory(BaseChatModel):
             ),
             generation_info={"finish_reason": reply.finish_reason},
         )
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # The engine holds thread-owned locks while a reply streams, so the whole reply is generated on
+        # one worker thread (resuming `_stream` on varying executor threads deadlocks); chunks cross over
+        # to the event loop through a queue.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for chunk in self._stream(messages, stop, None, **kwargs):
+                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except BaseException as exc:  # re-raised on the event loop
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, produce)
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            if run_manager and item.text:
+                await run_manager.on_llm_new_token(item.text, chunk=item)
+            yield item
+        await worker
 
     def _generate(
         self,
