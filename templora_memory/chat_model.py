@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine, Reply
 from templora_memory.generation import Sampling
+from templora_memory.errors import InvalidInputError
 from templora_memory.history import AgentChatHistory
-from templora_memory.messages import to_template
+from templora_memory.messages import from_template, to_template
+from templora_memory.tools import ParsedReply, ToolCallStream, parse_reply, supports_tools
 
 
 class ParametricMemory(BaseChatModel):
@@ -122,6 +128,33 @@ class ParametricMemory(BaseChatModel):
 
     # ----- generation ---------------------------------------------------------------------
 
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | bool | dict | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer tools to the model through its chat template; calls come back in `AIMessage.tool_calls`.
+
+        Tool calling depends on the model: its chat template must render tools (Qwen2.5, Hermes,
+        Llama 3.1 style templates do; the default SmolLM2-135M-Instruct's does not, and raises here).
+        `tool_choice` is "auto" (default), "none" (tools hidden), "any"/"required"/True (all tools), or a
+        tool name / {"type": "function", "function": {"name": ...}} (only that tool is offered).
+        Nothing forces the model to call a tool yet: it answers the way its template asks it to.
+
+        Example:
+            >>> agent = memory.bind_tools([get_weather]).bind(agent_id="npc-7")  # doctest: +SKIP
+            >>> agent.invoke("Weather in Paris?").tool_calls  # doctest: +SKIP
+        """
+        if not supports_tools(self._engine.tokenizer.chat_template):
+            raise InvalidInputError(
+                f"the chat template of {self.model_name} renders no tools, so the model cannot call them; "
+                "use a model whose template supports tools (e.g. Qwen2.5-Instruct or a Hermes fine-tune)"
+            )
+        formatted = _offered([convert_to_openai_tool(tool) for tool in tools], tool_choice)
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -130,16 +163,25 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
+        tools = _call_tools(kwargs)
+        splitter = ToolCallStream(self._engine.tokenizer.chat_template) if tools else None
         reply = Reply()
-        pieces = self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply)
+        pieces = self._engine.respond(
+            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply, tools=tools
+        )
         for piece in pieces:
+            piece = splitter.push(piece) if splitter else piece
+            if not piece:
+                continue
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
+        rest, parsed = splitter.finish() if splitter else ("", None)
         yield ChatGenerationChunk(
             message=AIMessageChunk(
-                content="",
+                content=rest,
+                tool_call_chunks=_call_chunks(reply, parsed),
                 usage_metadata=_usage(reply),
                 response_metadata=self._metadata(agent_id, reply),
                 chunk_position="last",
@@ -187,11 +229,25 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
+        tools = _call_tools(kwargs)
         reply = Reply()
-        for _ in self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply):
+        pieces = self._engine.respond(
+            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply, tools=tools
+        )
+        for _ in pieces:
             pass
-        message = AIMessage(reply.text, usage_metadata=_usage(reply), response_metadata=self._metadata(agent_id, reply))
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": reply.finish_reason})])
+        # the message the engine remembered, so a caller sending it back is recognised as seen
+        remembered = from_template(reply.message or {"role": "assistant", "content": reply.text})
+        invalid = parse_reply(reply.text, self._engine.tokenizer.chat_template).invalid_calls if tools else []
+        message = AIMessage(
+            remembered.content,
+            tool_calls=remembered.tool_calls,
+            invalid_tool_calls=[{**call, "type": "invalid_tool_call"} for call in invalid],
+            usage_metadata=_usage(reply),
+            response_metadata=self._metadata(agent_id, reply),
+        )
+        generation = ChatGeneration(message=message, generation_info={"finish_reason": reply.finish_reason})
+        return ChatResult(generations=[generation])
 
     def _sampling(self, overrides: dict[str, Any]) -> Sampling:
         return Sampling(
@@ -220,3 +276,38 @@ def _usage(reply: Reply) -> dict[str, int]:
         "output_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
     }
+
+
+def _offered(tools: list[dict[str, Any]], tool_choice: str | bool | dict | None) -> list[dict[str, Any]]:
+    """The tools a `tool_choice` leaves on offer; a named tool must be one of `tools`."""
+    if tool_choice in (None, "auto", "any", "required", True, False, "none"):
+        return tools
+    name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else tool_choice
+    chosen = [tool for tool in tools if tool["function"]["name"] == name]
+    if not chosen:
+        names = ", ".join(tool["function"]["name"] for tool in tools)
+        raise InvalidInputError(f"tool_choice={tool_choice!r} names no bound tool; choose one of: {names}")
+    return chosen
+
+
+def _call_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Pop the bound tools from a call's kwargs; None when there are none or tool_choice is "none"."""
+    tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+    kwargs.pop("ls_structured_output_format", None)
+    return tools if tools and choice not in ("none", False) else None
+
+
+def _call_chunks(reply: Reply, parsed: ParsedReply | None) -> list[dict[str, Any]]:
+    """Tool calls of a streamed reply as `tool_call_chunks` (ids as remembered; invalid ones keep raw args)."""
+    if parsed is None:
+        return []
+    calls = (reply.message or {}).get("tool_calls", [])
+    chunks = [
+        {"name": c["function"]["name"], "args": json.dumps(c["function"]["arguments"]), "id": c["id"], "index": i}
+        for i, c in enumerate(calls)
+    ]
+    chunks += [
+        {"name": c["name"], "args": c["args"], "id": c["id"], "index": len(calls) + i}
+        for i, c in enumerate(parsed.invalid_calls)
+    ]
+    return [{**chunk, "type": "tool_call_chunk"} for chunk in chunks]

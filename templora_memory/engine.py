@@ -24,6 +24,7 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, StopDecoder, generate_tokens
 from templora_memory.loading import load_model
+from templora_memory.tools import parse_reply
 from templora_memory.trainer import build_example, learning_rate, train_chunk
 from templora_memory.window import ChatRenderer, Message, Turn, fingerprint, window_start
 
@@ -38,6 +39,8 @@ class Reply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
+    message: Message | None = None
+    """The assistant turn as remembered: its text, split into content and tool calls when tools were offered."""
 
 
 class MemoryEngine:
@@ -135,17 +138,24 @@ class MemoryEngine:
         sampling: Sampling,
         stop: Sequence[str] = (),
         reply: Reply | None = None,
+        tools: list[dict] | None = None,
     ) -> Iterator[str]:
-        """Write the new turns, prompt with the window, and stream the reply's text; the reply is remembered."""
+        """Write the new turns, prompt with the window, and stream the reply's text; the reply is remembered.
+
+        `tools` (OpenAI-style function schemas) are rendered by the chat template, and the reply is then
+        parsed for tool calls the way the template defines (see `templora_memory.tools`).
+        """
         reply = reply if reply is not None else Reply()
         state = self.agent(agent_id)
         with state.lock:
             self.add_turns(agent_id, messages)
             if not state.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
-            prompt = self._prompt(state)
+            prompt = self._prompt(state, tools)
             yield from self.stream_completion(agent_id, prompt, sampling, stop, reply)
-            self._append(state, {"role": "assistant", "content": reply.text})
+            parsed = parse_reply(reply.text, self.tokenizer.chat_template) if tools else None
+            reply.message = parsed.message() if parsed else {"role": "assistant", "content": reply.text}
+            self._append(state, reply.message)
 
     def stream_completion(
         self,
@@ -207,29 +217,31 @@ class MemoryEngine:
         while len(state.pending) >= self.config.chunk_tokens:
             self._write(state, self.config.chunk_tokens)
 
-    def _prompt(self, state: AgentState) -> list[int]:
+    def _prompt(self, state: AgentState, tools: list[dict] | None = None) -> list[int]:
         """Build the prompt from the window, first writing any pending tokens the window no longer holds."""
-        start = self._window(state, state.system)
+        start = self._window(state, state.system, tools)
         in_window = sum(len(turn.tokens) for turn in state.turns[start:])
         overflow = len(state.pending) - in_window
         if overflow > 0:
             self._write(state, overflow)
         state.turns = state.turns[window_start(state.turns, self.config.window_tokens) :]
-        start = self._window(state, state.system)
-        prompt = self.renderer.prompt(state.system, state.turns[start:])
+        start = self._window(state, state.system, tools)
+        prompt = self.renderer.prompt(state.system, state.turns[start:], tools)
         state.last_prompt_tokens = len(prompt)
         return prompt
 
-    def _window(self, state: AgentState, system: list[Message]) -> int:
-        """Index of the oldest turn in the window: the prompt, headers included, fits in L_X."""
-        overhead = len(self.renderer.prompt(system, [])) if system else 0  # a first guess; the loop below is exact
+    def _window(self, state: AgentState, system: list[Message], tools: list[dict] | None = None) -> int:
+        """Index of the oldest turn in the window: the prompt, headers and tools included, fits in L_X."""
+        # a first guess from the fixed overhead; the loop below is exact
+        overhead = len(self.renderer.prompt(system, [], tools)) if system else 0
         start = window_start(state.turns, self.config.window_tokens - overhead)
-        while start < len(state.turns) and len(self.renderer.prompt(system, state.turns[start:])) > self.config.window_tokens:
+        limit = self.config.window_tokens
+        while start < len(state.turns) and len(self.renderer.prompt(system, state.turns[start:], tools)) > limit:
             start += 1
         if state.turns and start >= len(state.turns):
             raise InvalidInputError(
                 f"the newest turn does not fit in window_tokens={self.config.window_tokens} next to the system "
-                f"message ({overhead} tokens); raise window_tokens or shorten the system message"
+                f"message and tools ({overhead} tokens); raise window_tokens or shorten the system message"
             )
         return start
 

@@ -1,0 +1,147 @@
+"""Tool calls in the model's own format: which templates support tools, and parsing calls out of replies.
+
+Tool calling depends on the model: tools are rendered by the tokenizer's chat template, and the
+reply is parsed the way that template tells the model to answer. Templates in the Hermes / Qwen
+style ask for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; templates that
+render tools but name no tag (Llama 3.1 style) get one bare JSON object as the whole reply.
+SmolLM2-135M-Instruct, the default model, has a template that renders no tools at all.
+
+Framework-free: messages are chat-template dicts, as everywhere in the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from templora_memory.window import Message
+
+HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """A reply split into its text and its tool calls (chat-template form, arguments as dicts)."""
+
+    content: str
+    tool_calls: list[dict[str, Any]]
+    invalid_calls: list[dict[str, Any]]
+    """Blocks that looked like calls but did not parse: {"name", "args" (raw text), "id", "error"}."""
+
+    def message(self) -> Message:
+        """The assistant message as the chat template (and `messages.to_template`) writes it."""
+        message: Message = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        return message
+
+
+def supports_tools(chat_template: str | None) -> bool:
+    """True if the chat template renders a `tools` list (otherwise tools passed to it are silently lost)."""
+    return bool(chat_template) and re.search(r"\btools\b", chat_template) is not None
+
+
+def parse_reply(text: str, chat_template: str | None = None) -> ParsedReply:
+    """Split generated `text` into content and tool calls, in the format `chat_template` asks for.
+
+    Example:
+        >>> parse_reply('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>').tool_calls[0]["function"]
+        {'name': 'add', 'arguments': {'a': 1}}
+    """
+    if chat_template is None or HERMES_OPEN in chat_template or HERMES_OPEN in text:
+        return _parse_tagged(text)
+    return _parse_bare_json(text)
+
+
+def _parse_tagged(text: str) -> ParsedReply:
+    """Hermes / Qwen style: any number of `<tool_call>{json}</tool_call>` blocks, text around them is content."""
+    calls, invalid, kept, position = [], [], [], 0
+    for match in re.finditer(re.escape(HERMES_OPEN) + r"(.*?)(?:" + re.escape(HERMES_CLOSE) + r"|$)", text, re.DOTALL):
+        kept.append(text[position : match.start()])
+        position = match.end()
+        _collect(match.group(1).strip(), calls, invalid)
+    kept.append(text[position:])
+    return ParsedReply("".join(kept).strip(), calls, invalid)
+
+
+def _parse_bare_json(text: str) -> ParsedReply:
+    """Llama 3.1 style: the whole reply is one JSON object with "name" and "arguments" (or "parameters")."""
+    stripped = text.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return ParsedReply(stripped, [], [])
+    calls: list[dict[str, Any]] = []
+    invalid: list[dict[str, Any]] = []
+    _collect(stripped, calls, invalid)
+    if invalid and invalid[0]["name"] is None:  # plain JSON text, not a call
+        return ParsedReply(stripped, [], [])
+    return ParsedReply("", calls, invalid)
+
+
+def _collect(raw: str, calls: list[dict[str, Any]], invalid: list[dict[str, Any]]) -> None:
+    """Parse one call's JSON into `calls`, or record why it is not a valid call in `invalid`."""
+    call_id = "call_" + uuid.uuid4().hex[:24]
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        invalid.append({"name": _guess_name(raw), "args": raw, "id": call_id, "error": f"invalid JSON: {exc}"})
+        return
+    arguments = payload.get("arguments", payload.get("parameters", {})) if isinstance(payload, dict) else None
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            arguments = None
+    name = payload.get("name") if isinstance(payload, dict) else None
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        error = "a tool call needs a string 'name' and an object 'arguments'"
+        invalid.append({"name": name if isinstance(name, str) else None, "args": raw, "id": call_id, "error": error})
+        return
+    calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+
+
+def _guess_name(raw: str) -> str | None:
+    match = re.search(r'"name"\s*:\s*"([^"]+)"', raw)
+    return match.group(1) if match else None
+
+
+class ToolCallStream:
+    """Streams a reply's text while holding back anything that may be a tool call.
+
+    `push` returns the text that is certainly content; `finish` parses the whole reply and returns
+    the content not yet emitted. The emitted pieces always join up to `ParsedReply.content`.
+    """
+
+    def __init__(self, chat_template: str | None = None) -> None:
+        self.chat_template = chat_template
+        self.text = ""
+        self.emitted = ""
+
+    def push(self, piece: str) -> str:
+        """Add generated text; return the part that can be shown now (possibly empty)."""
+        self.text += piece
+        safe = self._safe_prefix().strip()
+        if not safe.startswith(self.emitted) or len(safe) <= len(self.emitted):
+            return ""
+        new, self.emitted = safe[len(self.emitted) :], safe
+        return new
+
+    def finish(self) -> tuple[str, ParsedReply]:
+        """Parse the whole reply; return (content still to emit, the parsed reply)."""
+        parsed = parse_reply(self.text, self.chat_template)
+        rest = parsed.content[len(self.emitted) :] if parsed.content.startswith(self.emitted) else ""
+        self.emitted = parsed.content
+        return rest, parsed
+
+    def _safe_prefix(self) -> str:
+        """The text before any (possibly partial) tool-call opening; a bare-JSON reply is held whole."""
+        start = self.text.lstrip()
+        if start.startswith("{") and not (self.chat_template is None or HERMES_OPEN in self.chat_template):
+            return ""
+        cut = self.text.find(HERMES_OPEN)
+        if cut >= 0:
+            return self.text[:cut]
+        held = max((k for k in range(1, len(HERMES_OPEN)) if self.text.endswith(HERMES_OPEN[:k])), default=0)
+        return self.text[: len(self.text) - held]
