@@ -17,7 +17,6 @@ from langgraph.runtime import Runtime
 
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory
 from templora_memory.messages import to_template
-from templora_memory.window import fingerprint
 
 __all__ = ["ParametricMemoryMiddleware"]
 
@@ -85,10 +84,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
 
     def _write(self, evicted: Sequence[AnyMessage]) -> None:
         """Hand the evicted turns the memory has not seen yet to the agent's adapter."""
-        state = self.engine.agent(self.agent_id)
-        with state.lock:
-            seen = set(state.fingerprints)
-        unseen = [m for m in to_template(evicted) if fingerprint(m) not in seen]
+        unseen = self.engine.unseen(self.agent_id, to_template(evicted))
         if unseen:
             self.engine.add_turns(self.agent_id, unseen)
 

@@ -6,10 +6,12 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import ConfigError, InvalidInputError, ModelNotFoundError, StoreError, TemploraError
 from templora_memory.history import AgentChatHistory
+from templora_memory.store import AgentStore
 
 __all__ = [
     "AgentChatHistory",
     "AgentStats",
+    "AgentStore",
     "ConfigError",
     "InvalidInputError",
     "MemoryEngine",

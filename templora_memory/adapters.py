@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Iterator
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
 from templora_memory.config import TempLoraConfig
@@ -54,6 +55,7 @@ class AdapterBank:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model.add_adapter(name, lora_config(self.config))
+        self.model.eval()  # new modules start in training mode: their LoRA dropout would make replies random
         self._names[agent_id] = name
 
     def delete(self, agent_id: str) -> None:
@@ -61,6 +63,26 @@ class AdapterBank:
         name = self._names.pop(agent_id)
         self.model.set_adapter(_PLACEHOLDER)
         self.model.delete_adapter(name)
+
+    def weights(self, agent_id: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """The agent's LoRA tensors and peft config, in the layout `PeftModel.from_pretrained` reads."""
+        name = self._names[agent_id]
+        tensors = {
+            key: t.detach().clone() for key, t in get_peft_model_state_dict(self.model, adapter_name=name).items()
+        }
+        peft_config = self.model.peft_config[name].to_dict()
+        if isinstance(peft_config["target_modules"], (set, list)):  # resolved module names, not "all-linear"
+            peft_config["target_modules"] = sorted(peft_config["target_modules"])
+        return tensors, json.loads(json.dumps(peft_config, default=str))
+
+    def load_weights(self, agent_id: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy stored LoRA tensors into the agent's adapter; shapes and names must match exactly."""
+        expected = get_peft_model_state_dict(self.model, adapter_name=self._names[agent_id])
+        if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+            raise ValueError(
+                f"stored LoRA tensors do not match this model's adapter ({len(tensors)} vs {len(expected)})"
+            )
+        set_peft_model_state_dict(self.model, tensors, adapter_name=self._names[agent_id])
 
     def parameters(self, agent_id: str) -> list[torch.nn.Parameter]:
         """The agent's trainable LoRA parameters (and nothing else)."""

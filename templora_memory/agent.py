@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import BaseModel
 
-from templora_memory.window import Message, Turn
+from templora_memory.window import Message, Turn, fingerprint
+
+_COUNTERS = ("steps", "tokens_written", "chunks_trained", "last_loss", "train_seconds", "last_prompt_tokens")
 
 
 class AgentStats(BaseModel):
@@ -54,6 +57,14 @@ class AgentState:
     last_loss: float | None = None
     train_seconds: float = 0.0
     last_prompt_tokens: int = 0
+    saved_steps: int = 0
+    """Optimizer steps at the last commit of the adapter's weights (so unchanged weights are not rewritten)."""
+    backlog: list[Message] = field(default_factory=list)
+    """Journaled turns that arrived after the last commit, replayed on the next call after a restart."""
+    users: int = 0
+    """Calls running inside the agent's lock; an agent in use is never evicted."""
+    evicted: bool = False
+    """Set when the agent left RAM for the store: a caller holding this object must look it up again."""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def new_messages(self, messages: list[Message], fingerprints: list[str]) -> list[Message]:
@@ -62,6 +73,35 @@ class AgentState:
             if self.fingerprints[-overlap:] == fingerprints[:overlap]:
                 return messages[overlap:]
         return messages
+
+    def record(self) -> dict[str, Any]:
+        """Everything but the weights and optimizer, as JSON-able data for the store."""
+        return {
+            "agent_id": self.agent_id,
+            "turns": [{"message": turn.message, "tokens": list(turn.tokens)} for turn in self.turns],
+            "fingerprints": self.fingerprints,
+            "written": self.written,
+            "pending": self.pending,
+            "system": self.system,
+            "counters": {name: getattr(self, name) for name in _COUNTERS},
+        }
+
+    @classmethod
+    def from_record(cls, agent_id: str, record: dict[str, Any]) -> AgentState:
+        """The state `record()` wrote; the weights and optimizer are restored by the engine."""
+        turns = [Turn(t["message"], tuple(t["tokens"]), fingerprint(t["message"])) for t in record["turns"]]
+        state = cls(
+            agent_id,
+            turns=turns,
+            fingerprints=list(record["fingerprints"]),
+            written=list(record["written"]),
+            pending=list(record["pending"]),
+            system=list(record["system"]),
+        )
+        for name in _COUNTERS:
+            setattr(state, name, record["counters"][name])
+        state.saved_steps = state.steps
+        return state
 
     def stats(self) -> AgentStats:
         """A snapshot of the counters users inspect."""

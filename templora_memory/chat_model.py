@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -66,6 +68,10 @@ class ParametricMemory(BaseChatModel):
     """Strings that end a reply (the stop string itself is not returned)."""
     seed: int | None = None
     """Seed for sampling, so sampled replies are reproducible."""
+    store: Path | None = None
+    """Directory where every agent persists (peft adapter files, optimizer, unwritten turns, window); None: RAM only."""
+    max_resident: int | None = Field(None, ge=1)
+    """Most adapters kept in RAM; least recently used agents wait in the store (a temporary one if `store` is None)."""
 
     _engine: MemoryEngine = PrivateAttr()
 
@@ -76,7 +82,7 @@ class ParametricMemory(BaseChatModel):
             self._engine = engine
             self.config = engine.config
         else:
-            self._engine = MemoryEngine(self.model, self.config)
+            self._engine = MemoryEngine(self.model, self.config, store=self.store, max_resident=self.max_resident)
 
     @property
     def engine(self) -> MemoryEngine:
@@ -125,6 +131,14 @@ class ParametricMemory(BaseChatModel):
     def stats(self, agent_id: str | None = None) -> AgentStats:
         """Counters of the agent's memory: tokens written, chunks trained, last loss, window size."""
         return self._engine.stats(agent_id or self.agent_id)
+
+    def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
+        """Copy one agent's memory into a new directory (plain peft adapter files + its state) to move it."""
+        return self._engine.export(agent_id, destination)
+
+    def import_(self, source: str | os.PathLike, agent_id: str) -> AgentStats:
+        """Install a directory written by `export` as agent `agent_id` in this model's store."""
+        return self._engine.import_(source, agent_id)
 
     # ----- generation ---------------------------------------------------------------------
 

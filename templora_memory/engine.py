@@ -5,30 +5,42 @@ written accumulate until they reach Δ (`chunk_tokens`); the chunk is then train
 agent's own LoRA with the L_T tokens before it as unscored input (Algorithm 1). The prompt is
 the system message plus the newest turns that fit in L_X (`window_tokens`); a turn is never
 dropped from the prompt before it has been written.
+
+With a store, every agent is committed to disk after each call and each trained chunk, turns are
+journaled as they arrive, and at most `max_resident` adapters stay in RAM (least recently used
+ones go to the store and come back on their next call).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from templora_memory.adapters import AdapterBank
+from templora_memory.adapters import AdapterBank, adapter_name
 from templora_memory.agent import AgentState, AgentStats
 from templora_memory.config import TempLoraConfig
-from templora_memory.errors import InvalidInputError
+from templora_memory.errors import ConfigError, InvalidInputError, StoreError
 from templora_memory.generation import Sampling, StopDecoder, generate_tokens
 from templora_memory.loading import load_model
+from templora_memory.store import FORMAT_VERSION, AgentStore, Weights
 from templora_memory.tools import parse_reply
 from templora_memory.trainer import build_example, learning_rate, train_chunk
 from templora_memory.window import ChatRenderer, Message, Turn, fingerprint, window_start
 
 MAX_AGENT_ID_LENGTH = 128
+ROLES = ("system", "user", "assistant", "tool")
+_SHAPE_FIELDS = ("lora_rank", "lora_alpha", "target_modules")  # a stored adapter must match these
 
 
 @dataclass
@@ -44,85 +56,142 @@ class Reply:
 
 
 class MemoryEngine:
-    """Owns the base model, the adapter bank and every agent's state."""
+    """Owns the base model, the adapter bank and every agent's state (and, optionally, their store)."""
 
-    def __init__(self, model: str | None = None, config: TempLoraConfig | None = None, *, loaded=None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        config: TempLoraConfig | None = None,
+        *,
+        loaded=None,
+        store: AgentStore | str | os.PathLike | None = None,
+        max_resident: int | None = None,
+    ) -> None:
+        """Load the model; `store` persists agents, `max_resident` bounds the adapters kept in RAM."""
         self.config = config or TempLoraConfig()
+        if max_resident is not None and (
+            isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1
+        ):
+            raise ConfigError(f"max_resident must be a positive integer or None (no limit), got {max_resident!r}")
         base, self.tokenizer, self.model_name = loaded or load_model(model)
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
         self.bank = AdapterBank(base, self.config)
         self.renderer = ChatRenderer(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
-        self._agents: dict[str, AgentState] = {}
+        self.max_resident = max_resident
+        self._spill = None  # evicted agents go to a private temporary store when the user gave none
+        if store is None and max_resident is not None:
+            self._spill = tempfile.TemporaryDirectory(prefix="templora-spill-")
+            store = self._spill.name
+        self.store = store if isinstance(store, AgentStore) or store is None else AgentStore(store)
+        self._agents: OrderedDict[str, AgentState] = OrderedDict()  # resident agents, least recently used first
         self._agents_lock = threading.Lock()
         self._model_lock = threading.RLock()
 
     # ----- agents -------------------------------------------------------------------------
 
     def agent(self, agent_id: str) -> AgentState:
-        """The agent's state, creating its adapter on first use."""
-        _check_agent_id(agent_id)
-        with self._agents_lock:
-            state = self._agents.get(agent_id)
-            if state is None:
-                with self._model_lock:
-                    self.bank.add(agent_id, seed=self._seed(agent_id))
-                state = self._agents[agent_id] = AgentState(agent_id)
+        """The agent's resident state, creating or loading it; hold `state.lock` and check `evicted` to use it."""
+        with self._locked(agent_id) as state:
             return state
 
     def agent_ids(self) -> list[str]:
-        """Ids of the agents that currently have a memory."""
-        return list(self._agents)
+        """Ids of the agents that have a memory, in RAM or in the store."""
+        with self._agents_lock:
+            ids = set(self._agents)
+        if self.store is not None:
+            ids.update(self.store.load(key).record.get("agent_id", key) for key in self.store.keys())
+        return sorted(ids)
+
+    def resident_ids(self) -> list[str]:
+        """Ids of the agents whose adapter is in RAM, least recently used first."""
+        with self._agents_lock:
+            return list(self._agents)
 
     def forget(self, agent_id: str) -> bool:
-        """Destroy the agent's adapter and state (Algorithm 1, line 22); False if it had none."""
+        """Destroy the agent's adapter and state, in RAM and in the store (Algorithm 1, line 22)."""
+        _check_agent_id(agent_id)
         with self._agents_lock:
             state = self._agents.pop(agent_id, None)
-        if state is None:
-            return False
-        with state.lock, self._model_lock:
-            self.bank.delete(agent_id)
-            state.optimizer = None
-        return True
+            stored = self.store is not None and self.store.has(adapter_name(agent_id))
+            if stored:
+                self.store.delete(adapter_name(agent_id))
+        if state is not None:
+            with state.lock, self._model_lock:
+                state.evicted = True
+                self.bank.delete(agent_id)
+                state.optimizer = None
+        return state is not None or stored
 
     def stats(self, agent_id: str) -> AgentStats:
         """Counters of the agent's memory (an agent never seen reports zeros and gets no adapter)."""
         _check_agent_id(agent_id)
         state = self._agents.get(agent_id)
+        if state is None and self.store is not None and self.store.has(adapter_name(agent_id)):
+            record = self.store.load(adapter_name(agent_id)).record
+            state = AgentState.from_record(agent_id, record) if record else None
         return (state or AgentState(agent_id)).stats()
 
     def window(self, agent_id: str) -> list[Message]:
-        """The turns that the agent's next prompt would hold (sized next to its last system message, which is not returned)."""
-        state = self.agent(agent_id)
-        with state.lock:
+        """The turns the agent's next prompt would hold (sized next to its system message, which is not returned)."""
+        with self._locked(agent_id) as state:
             start = self._window(state, state.system)
             return [turn.message for turn in state.turns[start:]]
+
+    def unseen(self, agent_id: str, messages: Sequence[Message]) -> list[Message]:
+        """The messages this agent has never received (by content), e.g. turns a framework is about to drop."""
+        with self._locked(agent_id) as state:
+            seen = set(state.fingerprints)
+        return [m for m in messages if fingerprint(m) not in seen]
+
+    # ----- persistence --------------------------------------------------------------------
+
+    def save(self, agent_id: str) -> None:
+        """Commit the agent to the store now (the engine also does so after every call)."""
+        self._require_store("save")
+        with self._locked(agent_id) as state:
+            self._commit(state, weights=True)
+
+    def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
+        """Copy the agent's memory into a new directory (peft adapter files + state) to move it elsewhere."""
+        self._require_store("export")
+        with self._locked(agent_id) as state:
+            self._commit(state, weights=True)
+            return self.store.export(adapter_name(agent_id), destination)
+
+    def import_(self, source: str | os.PathLike, agent_id: str) -> AgentStats:
+        """Install a directory written by `export` as the agent `agent_id` (which must have no memory yet)."""
+        self._require_store("import")
+        _check_agent_id(agent_id)
+        with self._agents_lock:  # every resident agent is in the store too, so the store's check covers both
+            self.store.import_(adapter_name(agent_id), source)
+        with self._locked(agent_id) as state:
+            return state.stats()
 
     # ----- writing ------------------------------------------------------------------------
 
     def add_turns(self, agent_id: str, messages: Sequence[Message]) -> list[Message]:
         """Append the turns not seen before and write every full chunk; returns the new turns."""
-        state = self.agent(agent_id)
-        with state.lock:
-            system, turns = _split_system(messages)
-            if system:
-                state.system = system
-            new = state.new_messages(turns, [fingerprint(m) for m in turns])
-            for message in new:
-                self._append(state, message)
-            self._write_full_chunks(state)
+        _check_messages(messages)
+        with self._locked(agent_id) as state:
+            new = self._add_turns(state, messages)
+            self._commit(state)
             return new
 
     def absorb(self, agent_id: str, text: str, progress: bool = True) -> AgentStats:
         """Pre-train the agent's adapter on a long text before (or between) turns (Algorithm 1, lines 1–3)."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("absorb() needs a non-empty string of text to write into the agent's memory")
-        state = self.agent(agent_id)
-        with state.lock:
-            state.pending.extend(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.write_tokens(agent_id, self.tokenizer(text, add_special_tokens=False)["input_ids"], progress)
+
+    def write_tokens(self, agent_id: str, ids: Sequence[int], progress: bool = False) -> AgentStats:
+        """Write token ids into the agent's adapter in chunks of Δ, each with the L_T tokens before it."""
+        with self._locked(agent_id) as state:
+            state.pending.extend(int(i) for i in ids)
+            self._commit(state)  # the text is safe on disk before training starts
             chunks = -(-len(state.pending) // self.config.chunk_tokens)
-            with tqdm(total=chunks, desc=f"absorbing into {agent_id}", unit="chunk", disable=not progress) as bar:
+            with tqdm(total=chunks, desc=f"writing into {agent_id}", unit="chunk", disable=not progress) as bar:
                 while state.pending:
                     self._write(state, min(self.config.chunk_tokens, len(state.pending)))
                     bar.update(1)
@@ -145,17 +214,18 @@ class MemoryEngine:
         `tools` (OpenAI-style function schemas) are rendered by the chat template, and the reply is then
         parsed for tool calls the way the template defines (see `templora_memory.tools`).
         """
+        _check_messages(messages)
         reply = reply if reply is not None else Reply()
-        state = self.agent(agent_id)
-        with state.lock:
-            self.add_turns(agent_id, messages)
+        with self._locked(agent_id) as state:
+            self._add_turns(state, messages)
             if not state.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt = self._prompt(state, tools)
-            yield from self.stream_completion(agent_id, prompt, sampling, stop, reply)
+            yield from self._generate(agent_id, prompt, sampling, stop, reply)
             parsed = parse_reply(reply.text, self.tokenizer.chat_template) if tools else None
             reply.message = parsed.message() if parsed else {"role": "assistant", "content": reply.text}
-            self._append(state, reply.message)
+            self._push(state, self._render(state, [reply.message])[0])
+            self._commit(state)
 
     def stream_completion(
         self,
@@ -167,6 +237,187 @@ class MemoryEngine:
     ) -> Iterator[str]:
         """Stream the text generated after `prompt` with the agent's adapter (or the base model); nothing is written."""
         reply = reply if reply is not None else Reply()
+        if agent_id is None:
+            yield from self._generate(None, prompt, sampling, stop, reply)
+            return
+        with self._locked(agent_id):
+            yield from self._generate(agent_id, prompt, sampling, stop, reply)
+
+    def log_likelihood(self, agent_id: str | None, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
+        """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none."""
+        ids = torch.tensor([list(prompt) + list(continuation)])  # (1, P + C)
+        with self._locked(agent_id) if agent_id is not None else contextlib.nullcontext():
+            with self._model_lock, self.bank.active(agent_id) as model, torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (C, V)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return logprobs.gather(1, torch.tensor(continuation).unsqueeze(1)).squeeze(1).tolist()
+
+    def prompt_ids(self, agent_id: str) -> list[int]:
+        """The prompt the agent's next reply would be generated from (its window, no new turn)."""
+        with self._locked(agent_id) as state:
+            prompt = self._prompt(state)
+            self._commit(state)
+            return prompt
+
+    # ----- residency ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, agent_id: str) -> Iterator[AgentState]:
+        """The agent's state, resident and locked by this thread (an agent in use is never evicted)."""
+        _check_agent_id(agent_id)
+        while True:
+            state = self._resident(agent_id)
+            with state.lock:
+                if state.evicted:
+                    continue  # evicted between the lookup and the lock: look it up again
+                state.users += 1
+                try:
+                    if state.backlog:
+                        backlog, state.backlog = state.backlog, []
+                        self._add_turns(state, backlog)  # turns journaled before a crash are written now
+                        self._commit(state)
+                    yield state
+                finally:
+                    state.users -= 1
+                return
+
+    def _resident(self, agent_id: str) -> AgentState:
+        with self._agents_lock:
+            state = self._agents.get(agent_id)
+            if state is None:
+                state = self._agents[agent_id] = self._load_or_create(agent_id)
+                self._evict_over_limit()
+            self._agents.move_to_end(agent_id)
+            return state
+
+    def _load_or_create(self, agent_id: str) -> AgentState:
+        """Bring a stored agent back into RAM, or create a fresh one (LoRA B = 0: the base model's behaviour)."""
+        key = adapter_name(agent_id)
+        stored = self.store.load(key) if self.store is not None and self.store.has(key) else None
+        if stored is not None and stored.record:
+            self._check_compatible(key, stored.record)
+        with self._model_lock:
+            self.bank.add(agent_id, seed=self._seed(agent_id))
+            try:
+                state = self._restore(agent_id, stored) if stored is not None else AgentState(agent_id)
+            except Exception:
+                self.bank.delete(agent_id)
+                raise
+        if stored is None and self.store is not None:
+            self._commit(state)
+        return state
+
+    def _restore(self, agent_id: str, stored) -> AgentState:
+        state = AgentState.from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
+        if stored.weights is not None:
+            where = self.store.directory(adapter_name(agent_id))
+            try:
+                self.bank.load_weights(agent_id, stored.weights.adapter)
+            except (ValueError, RuntimeError) as exc:
+                raise StoreError(f"the adapter in {where} does not fit this model: {exc}") from exc
+            if stored.weights.optimizer is not None:
+                state.optimizer = self._new_optimizer(agent_id)
+                state.optimizer.load_state_dict(stored.weights.optimizer)
+        elif state.steps:
+            raise StoreError(f"{self.store.directory(adapter_name(agent_id))} lost the weights of a trained adapter")
+        seen = len(state.fingerprints)
+        state.backlog = [message for seq, message in stored.journal if seq >= seen]
+        return state
+
+    def _evict_over_limit(self) -> None:
+        """Send least recently used, idle agents to the store until at most `max_resident` remain."""
+        if self.max_resident is None:
+            return
+        for agent_id in list(self._agents)[:-1]:  # never the agent just asked for
+            if len(self._agents) <= self.max_resident:
+                return
+            state = self._agents[agent_id]
+            if not state.lock.acquire(blocking=False):
+                continue
+            try:
+                if state.users:
+                    continue
+                self._commit(state)
+                with self._model_lock:
+                    self.bank.delete(agent_id)
+                state.optimizer, state.evicted = None, True
+                del self._agents[agent_id]
+            finally:
+                state.lock.release()
+
+    def _commit(self, state: AgentState, weights: bool = False) -> None:
+        """Persist the agent; its weights only when trained since the last commit (or when asked)."""
+        if self.store is None:
+            return
+        record = {
+            "format_version": FORMAT_VERSION,
+            "model": self.model_name,
+            "config": self.config.model_dump(),
+            **state.record(),
+        }
+        payload = None
+        if weights or state.steps != state.saved_steps:
+            with self._model_lock:
+                tensors, peft_config = self.bank.weights(state.agent_id)
+            peft_config["base_model_name_or_path"] = self.model_name
+            optimizer = state.optimizer.state_dict() if state.optimizer is not None else None
+            payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer)
+        self.store.commit(adapter_name(state.agent_id), record, payload)
+        state.saved_steps = state.steps
+
+    def _check_compatible(self, key: str, record: dict) -> None:
+        where = self.store.directory(key)
+        stored_config = record.get("config", {})
+        different = [f for f in _SHAPE_FIELDS if stored_config.get(f) != getattr(self.config, f)]
+        if different or record.get("model") != self.model_name:
+            detail = ", ".join(f"{f}={stored_config.get(f)!r} (engine: {getattr(self.config, f)!r})" for f in different)
+            raise StoreError(
+                f"the agent in {where} was trained for model {record.get('model')!r}"
+                + (f" with {detail}" if detail else "")
+                + f"; this engine runs {self.model_name!r}. Load it with the same model and LoRA shape."
+            )
+
+    def _require_store(self, verb: str) -> None:
+        if self.store is None:
+            raise ConfigError(f"{verb} needs a store: create the engine with store='path/to/dir'")
+
+    # ----- internals ----------------------------------------------------------------------
+
+    def _add_turns(self, state: AgentState, messages: Sequence[Message]) -> list[Message]:
+        system, turns = _split_system(messages)
+        if system:
+            state.system = system
+        new = state.new_messages(turns, [fingerprint(m) for m in turns])
+        for turn in self._render(state, new):  # every turn is checked before any is kept
+            self._push(state, turn)
+        self._write_full_chunks(state)
+        return new
+
+    def _render(self, state: AgentState, messages: Sequence[Message]) -> list[Turn]:
+        """Messages as turns following the agent's last one; a turn longer than the window is refused."""
+        turns: list[Turn] = []
+        previous = state.turns[-1].message if state.turns else None
+        for message in messages:
+            turn = self.renderer.turn(message, previous)
+            if len(turn.tokens) > self.config.window_tokens:
+                raise InvalidInputError(
+                    f"a {message['role']} message of {len(turn.tokens)} tokens is longer than window_tokens="
+                    f"{self.config.window_tokens}; shorten it, raise window_tokens, or write long text with absorb()"
+                )
+            turns.append(turn)
+            previous = message
+        return turns
+
+    def _push(self, state: AgentState, turn: Turn) -> None:
+        if self.store is not None:
+            self.store.journal(adapter_name(state.agent_id), len(state.fingerprints), turn.message)
+        state.turns.append(turn)
+        state.fingerprints.append(turn.fingerprint)
+        state.pending.extend(turn.tokens)
+
+    def _generate(
+        self, agent_id: str | None, prompt: Sequence[int], sampling: Sampling, stop: Sequence[str], reply: Reply
+    ) -> Iterator[str]:
         reply.prompt_tokens = len(prompt)
         decoder = StopDecoder(self.tokenizer, stop)
         with self._model_lock, self.bank.active(agent_id) as model:
@@ -184,34 +435,6 @@ class MemoryEngine:
         if tail:
             reply.text += tail
             yield tail
-
-    def log_likelihood(self, agent_id: str | None, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
-        """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none."""
-        ids = torch.tensor([list(prompt) + list(continuation)])  # (1, P + C)
-        with self._model_lock, self.bank.active(agent_id) as model, torch.no_grad():
-            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (C, V)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        return logprobs.gather(1, torch.tensor(continuation).unsqueeze(1)).squeeze(1).tolist()
-
-    def prompt_ids(self, agent_id: str) -> list[int]:
-        """The prompt the agent's next reply would be generated from (its window, no new turn)."""
-        state = self.agent(agent_id)
-        with state.lock:
-            return self._prompt(state)
-
-    # ----- internals ----------------------------------------------------------------------
-
-    def _append(self, state: AgentState, message: Message) -> None:
-        previous = state.turns[-1].message if state.turns else None
-        turn = self.renderer.turn(message, previous)
-        if len(turn.tokens) > self.config.window_tokens:
-            raise InvalidInputError(
-                f"a {message['role']} message of {len(turn.tokens)} tokens is longer than window_tokens="
-                f"{self.config.window_tokens}; shorten it, raise window_tokens, or write long text with absorb()"
-            )
-        state.turns.append(turn)
-        state.fingerprints.append(turn.fingerprint)
-        state.pending.extend(turn.tokens)
 
     def _write_full_chunks(self, state: AgentState) -> None:
         while len(state.pending) >= self.config.chunk_tokens:
@@ -261,8 +484,11 @@ class MemoryEngine:
         state.steps += self.config.epochs
         state.chunks_trained += 1
         state.tokens_written += len(chunk)
-        state.written = (state.written + chunk)[-self.config.train_context_tokens :] if self.config.train_context_tokens else []
+        state.written = (
+            (state.written + chunk)[-self.config.train_context_tokens :] if self.config.train_context_tokens else []
+        )
         del state.pending[:n_tokens]
+        self._commit(state)  # each trained chunk is durable before the next one starts
 
     def _new_optimizer(self, agent_id: str) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.bank.parameters(agent_id), lr=self.config.learning_rate, weight_decay=0.0)
@@ -282,12 +508,43 @@ def _split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Mess
 
 
 def _check_agent_id(agent_id: object) -> None:
+    """Agent ids name memories on disk too: printable, at most 128 characters, no path separators."""
     if not isinstance(agent_id, str) or not agent_id.strip():
         raise InvalidInputError(f"agent_id must be a non-empty string, got {agent_id!r}")
-    if len(agent_id) > MAX_AGENT_ID_LENGTH or "\x00" in agent_id:
+    problem = (
+        f"is longer than {MAX_AGENT_ID_LENGTH} characters"
+        if len(agent_id) > MAX_AGENT_ID_LENGTH
+        else "contains a path separator ('/' or '\\')"
+        if "/" in agent_id or "\\" in agent_id
+        else "contains a control character (such as NUL or a newline)"
+        if not agent_id.isprintable()
+        else "starts with '.'"
+        if agent_id.startswith(".")
+        else "has leading or trailing whitespace"
+        if agent_id != agent_id.strip()
+        else None
+    )
+    if problem:
         raise InvalidInputError(
-            f"agent_id must be at most {MAX_AGENT_ID_LENGTH} characters without NUL bytes, got {agent_id[:40]!r}..."
+            f"agent_id {agent_id[:40]!r} {problem}; use letters, digits, spaces and punctuation, e.g. 'npc-7', 'user:42'"
         )
+
+
+def _check_messages(messages: object) -> None:
+    """Messages must be chat-template dicts with a known role; empty content is allowed (tool-call turns)."""
+    if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence):
+        raise InvalidInputError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidInputError(
+                f"message {index} must be a dict with a role among {ROLES}, got {str(message)[:60]!r}"
+            )
+        if not isinstance(message.get("content", ""), (str, list)):
+            raise InvalidInputError(
+                f"message {index} has content of type {type(message['content']).__name__}; pass text"
+            )
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

@@ -23,12 +23,14 @@ def tokenizer():
 
 @pytest.fixture
 def make_engine(tokenizer):
-    """Build a `MemoryEngine` over a fresh tiny model; keyword arguments override the tiny config."""
+    """Build a `MemoryEngine` over a fresh tiny model (same weights each time); keywords override the tiny config."""
 
-    def build(**overrides) -> MemoryEngine:
+    def build(store=None, max_resident=None, **overrides) -> MemoryEngine:
         config = TempLoraConfig(**{**TINY_CONFIG, **overrides})
         model = tiny_model(tokenizer)
-        return MemoryEngine(config=config, loaded=(model, tokenizer, "tiny-llama"))
+        return MemoryEngine(
+            config=config, loaded=(model, tokenizer, "tiny-llama"), store=store, max_resident=max_resident
+        )
 
     return build
 

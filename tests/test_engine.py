@@ -152,7 +152,7 @@ def test_bad_inputs_raise_clear_errors(make_engine):
     engine = make_engine(window_tokens=64, chunk_tokens=32)
     with pytest.raises(InvalidInputError, match="agent_id must be a non-empty string"):
         engine.add_turns("", _turns(1))
-    with pytest.raises(InvalidInputError, match="at most 128 characters"):
+    with pytest.raises(InvalidInputError, match="longer than 128 characters"):
         engine.add_turns("x" * 200, _turns(1))
     with pytest.raises(InvalidInputError, match="longer than window_tokens=64"):
         engine.add_turns("a", [{"role": "user", "content": "word " * 200}])

@@ -106,7 +106,6 @@ class TemploraLLM(CustomLLM):
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         if formatted:  # raw text with the agent's adapter; nothing is written
             ids = self._engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            self._engine.agent(agent_id)
             pieces = self._engine.stream_completion(agent_id, ids, self._sampling(kwargs))
         else:
             pieces = self._engine.respond(agent_id, [{"role": "user", "content": prompt}], self._sampling(kwargs))

@@ -11,7 +11,6 @@ from llama_index.core.memory.types import BaseMemory
 
 from integrations.llamaindex._messages import from_template, to_template
 from templora_memory import MemoryEngine
-from templora_memory.window import fingerprint
 
 
 def _engine_of(source: Any) -> MemoryEngine:
@@ -98,9 +97,6 @@ class TemploraMemoryBlock(BaseMemoryBlock[str]):
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Write the flushed turns the agent's memory has not seen yet (trained chunk by chunk)."""
-        state = self._engine.agent(self.agent_id)
-        with state.lock:
-            seen = set(state.fingerprints)
-        unseen = [m for m in to_template(messages) if fingerprint(m) not in seen]
+        unseen = self._engine.unseen(self.agent_id, to_template(messages))
         if unseen:
             self._engine.add_turns(self.agent_id, unseen)

@@ -53,19 +53,6 @@ def plot_path(args: argparse.Namespace) -> Path:
 # ----- engine helpers -----------------------------------------------------------------------
 
 
-def write_tokens(engine: MemoryEngine, agent_id: str, ids: Sequence[int]) -> None:
-    """Write token ids into the agent's adapter in chunks of Δ: `absorb()` without re-tokenising text.
-
-    Uses the engine's own update (`_write`: same optimizer, warm-up, seeds and L_T context); re-tokenising
-    decoded text would not give back the same ids at chunk boundaries.
-    """
-    state = engine.agent(agent_id)
-    with state.lock:
-        state.pending.extend(ids)
-        while state.pending:
-            engine._write(state, min(engine.config.chunk_tokens, len(state.pending)))
-
-
 def turns(engine: MemoryEngine, messages: Sequence[Message]) -> list[Turn]:
     """Messages rendered as conversation turns (tokens as the chat template writes them in a conversation)."""
     out: list[Turn] = []

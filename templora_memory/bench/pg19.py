@@ -139,7 +139,7 @@ def score_book(engine: MemoryEngine, name: str, tokens: list[int], quiet: bool):
         adapted = engine.log_likelihood(agent, context, chunk)
         yield _record(name, first, base, adapted), base, adapted
         if start + delta < len(tokens):  # the last chunk is never scored after, so it is not written
-            common.write_tokens(engine, agent, tokens[start : start + delta])
+            engine.write_tokens(agent, tokens[start : start + delta])
 
 
 def bucket_index(position: int, bounds: list[int]) -> int:

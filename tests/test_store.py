@@ -1,0 +1,244 @@
+"""Persistence and residency on the tiny model: exact restarts, plain-peft files, LRU eviction, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+
+from templora_memory import InvalidInputError, StoreError
+from templora_memory.adapters import adapter_name
+from templora_memory.store import CURRENT, STATE, AgentStore
+from templora_memory.window import fingerprint
+from tests.tiny import tiny_model
+
+
+def _turns(n: int, start: int = 0, topic: str = "the blacksmith") -> list[dict]:
+    roles = ["user", "assistant"]
+    return [{"role": roles[i % 2], "content": f"turn {i} about {topic}"} for i in range(start, start + n)]
+
+
+def _next_token_logprobs(engine, agent_id: str) -> torch.Tensor:
+    """Log-probabilities of every vocabulary token after the agent's next prompt."""
+    prompt = engine.prompt_ids(agent_id)
+    with engine._model_lock, engine.bank.active(agent_id) as model, torch.no_grad():
+        return torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1], dim=-1)
+
+
+def _lora(engine, agent_id: str) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in engine.bank.parameters(agent_id)]
+
+
+def test_a_restarted_engine_continues_exactly_where_it_stopped(make_engine, tmp_path):
+    first = make_engine(store=tmp_path)
+    first.add_turns("npc", [{"role": "system", "content": "You are Tom."}, *_turns(14)])
+    assert first.stats("npc").chunks_trained >= 2 and first.stats("npc").tokens_pending > 0
+    before = _next_token_logprobs(first, "npc")
+
+    second = make_engine(store=tmp_path)  # a new process would see exactly this
+    assert second.stats("npc") == first.stats("npc")
+    assert second.prompt_ids("npc") == first.prompt_ids("npc")
+    assert torch.equal(_next_token_logprobs(second, "npc"), before)
+
+    more = _turns(10, start=14)  # training goes on identically: same optimizer state, seeds and L_T context
+    first.add_turns("npc", more)
+    second.add_turns("npc", more)
+    assert first.stats("npc").chunks_trained > 2
+    assert all(torch.equal(a, b) for a, b in zip(_lora(first, "npc"), _lora(second, "npc"), strict=True))
+
+
+def test_stored_adapter_loads_with_plain_peft(make_engine, tmp_path, tokenizer):
+    engine = make_engine(store=tmp_path / "store")
+    engine.add_turns("npc", _turns(12))
+    exported = engine.export("npc", tmp_path / "npc-export")
+    assert {"adapter_model.safetensors", "adapter_config.json", "state.json"} <= {p.name for p in exported.iterdir()}
+
+    peft_model = PeftModel.from_pretrained(tiny_model(tokenizer), exported)
+    prompt = engine.prompt_ids("npc")
+    with torch.no_grad():
+        plain = peft_model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    with engine._model_lock, engine.bank.active("npc") as model, torch.no_grad():
+        ours = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    assert torch.allclose(plain, ours, atol=1e-5)
+
+
+def test_export_and_import_move_an_agent_between_stores(make_engine, tmp_path):
+    source = make_engine(store=tmp_path / "a")
+    source.add_turns("npc", _turns(12))
+    source.export("npc", tmp_path / "moved")
+    target = make_engine(store=tmp_path / "b")
+    stats = target.import_(tmp_path / "moved", "npc-copy")
+    assert stats.tokens_written == source.stats("npc").tokens_written > 0
+    assert torch.equal(_next_token_logprobs(target, "npc-copy"), _next_token_logprobs(source, "npc"))
+    with pytest.raises(StoreError, match="already holds"):
+        target.import_(tmp_path / "moved", "npc-copy")
+
+
+def test_least_recently_used_agents_leave_ram_and_come_back_unchanged(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path, max_resident=2)
+    for agent in ("a", "b", "c"):
+        engine.add_turns(agent, _turns(12, topic=agent))
+    assert engine.resident_ids() == ["b", "c"]
+    assert engine.agent_ids() == ["a", "b", "c"]
+    assert engine.stats("a").chunks_trained >= 1  # read from the store without loading the adapter
+    assert len(engine.bank.model.peft_config) == 1 + 2  # placeholder + two resident agents
+
+    reference = make_engine(store=tmp_path / "reference")
+    reference.add_turns("a", _turns(12, topic="a"))
+    started = time.perf_counter()
+    back = _next_token_logprobs(engine, "a")  # a comes back, b leaves
+    switch_seconds = time.perf_counter() - started
+    assert engine.resident_ids() == ["c", "a"]
+    assert torch.equal(back, _next_token_logprobs(reference, "a"))
+    assert switch_seconds < 5
+
+
+def test_without_a_store_evicted_agents_spill_to_a_temporary_directory(make_engine):
+    engine = make_engine(max_resident=1)
+    engine.add_turns("a", _turns(12))
+    written = engine.stats("a").tokens_written
+    engine.add_turns("b", _turns(4))
+    assert engine.resident_ids() == ["b"]
+    assert engine.stats("a").tokens_written == written and engine.window("a")
+
+
+def test_a_secret_never_reaches_another_agent_even_after_eviction(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path, max_resident=1)
+    secret = engine.tokenizer("the vault code is 7719 and the guard is asleep", add_special_tokens=False)["input_ids"]
+    prompt = engine.tokenizer("note:", add_special_tokens=False)["input_ids"]
+    base = sum(engine.log_likelihood(None, prompt, secret))
+    engine.log_likelihood("b", prompt, secret)  # b exists before a learns anything
+    engine.write_tokens("a", secret * 6)
+    learned = sum(engine.log_likelihood("a", prompt, secret))  # evicts b
+    other = sum(engine.log_likelihood("b", prompt, secret))  # b comes back from the store, a leaves
+    assert learned > base + 1.0, (base, learned)
+    assert other == pytest.approx(base, abs=1e-5), (base, other)
+
+
+def test_forget_deletes_the_agent_from_the_store(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("a", _turns(4))
+    assert (tmp_path / "agents" / adapter_name("a")).exists()
+    assert engine.forget("a") is True
+    assert not (tmp_path / "agents" / adapter_name("a")).exists()
+    assert make_engine(store=tmp_path).agent_ids() == []
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "x" * 129, "../x", "/etc/passwd", "a\x00b", "a\\b", ".hidden", "two\nlines"]
+)
+def test_unsafe_agent_ids_are_refused_with_a_clear_error(make_engine, tmp_path, bad):
+    engine = make_engine(store=tmp_path)
+    with pytest.raises(InvalidInputError, match="agent_id"):
+        engine.add_turns(bad, _turns(1))
+    assert not any((tmp_path / "agents").iterdir())
+
+
+def test_a_damaged_agent_file_names_the_file_and_other_agents_still_work(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("broken", _turns(4))
+    engine.add_turns("fine", _turns(4))
+    folder = tmp_path / "agents" / adapter_name("broken")
+    (folder / (folder / CURRENT).read_text() / STATE).write_text("{ not json")
+
+    restarted = make_engine(store=tmp_path)
+    with pytest.raises(StoreError, match=r"state\.json"):
+        restarted.add_turns("broken", _turns(1, start=4))
+    assert restarted.add_turns("fine", _turns(1, start=4))  # unaffected
+    assert restarted.stats("fine").turns_seen == 5
+
+
+def test_a_foreign_directory_or_another_models_adapter_is_refused(make_engine, tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(StoreError, match="not a templora-memory store"):
+        AgentStore(tmp_path / "photos")
+
+    make_engine(store=tmp_path / "s", lora_rank=4).add_turns("a", _turns(4))
+    with pytest.raises(StoreError, match="lora_rank=4"):
+        make_engine(store=tmp_path / "s", lora_rank=8).add_turns("a", _turns(1, start=4))
+
+
+def test_wrong_message_types_and_oversized_turns_leave_memory_untouched(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("a", _turns(3))
+    before = engine.stats("a")
+    for bad in (
+        "hello",
+        [{"content": "no role"}],
+        [{"role": "wizard", "content": "x"}],
+        [{"role": "user", "content": 3}],
+    ):
+        with pytest.raises(InvalidInputError, match="message"):
+            engine.add_turns("a", bad)
+    with pytest.raises(InvalidInputError, match="longer than window_tokens"):
+        engine.add_turns("a", [{"role": "user", "content": "fine"}, {"role": "assistant", "content": "word " * 400}])
+    assert engine.stats("a") == before
+    assert make_engine(store=tmp_path).stats("a") == before
+
+
+def test_many_threads_lose_and_duplicate_no_turn(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path, max_resident=3)
+    agents = [f"agent-{i}" for i in range(5)]
+    sent = {agent: [] for agent in agents}
+    errors = []
+
+    def talk(agent: str, thread: int) -> None:
+        try:
+            for call in range(6):
+                message = {"role": "user", "content": f"{agent} thread {thread} call {call}"}
+                sent[agent].append(message)
+                engine.add_turns(agent, [message])
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=talk, args=(agent, t)) for agent in agents for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    restarted = make_engine(store=tmp_path)
+    for agent in agents:
+        state = restarted.agent(agent)
+        assert sorted(state.fingerprints) == sorted(fingerprint(m) for m in sent[agent])
+        assert len(set(state.fingerprints)) == 12
+        streamed = sum(len(turn.tokens) for turn in state.turns)  # every turn is still in reach of the window here
+        assert state.tokens_written + len(state.pending) == streamed
+
+
+def test_store_files_are_json_and_safetensors_a_user_can_read(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("a", _turns(12))
+    folder = tmp_path / "agents" / adapter_name("a")
+    version = folder / (folder / CURRENT).read_text()
+    record = json.loads((version / STATE).read_text())
+    assert record["agent_id"] == "a" and record["model"] == "tiny-llama"
+    assert record["config"]["chunk_tokens"] == engine.config.chunk_tokens
+    assert json.loads((version / "adapter_config.json").read_text())["r"] == engine.config.lora_rank
+
+
+def test_parametric_memory_persists_through_its_store_field(monkeypatch, tokenizer, tmp_path):
+    from langchain_core.messages import HumanMessage
+
+    from templora_memory import ParametricMemory, TempLoraConfig
+    from tests.conftest import TINY_CONFIG
+
+    monkeypatch.setattr(
+        "templora_memory.engine.load_model", lambda model: (tiny_model(tokenizer), tokenizer, "tiny-llama")
+    )
+    config = TempLoraConfig(**TINY_CONFIG)
+    memory = ParametricMemory(config=config, store=tmp_path, max_resident=1)
+    for i in range(6):
+        memory.invoke([HumanMessage(f"question {i} about the harbour")], agent_id="sailor")
+    memory.invoke("hello", agent_id="other")  # sends the sailor to the store
+    assert memory.engine.resident_ids() == ["other"]
+
+    restarted = ParametricMemory(config=config, store=tmp_path)
+    assert restarted.stats("sailor") == memory.stats("sailor")
+    assert restarted.history("sailor").messages == memory.history("sailor").messages
+    assert memory.export("sailor", tmp_path / "out").is_dir()
