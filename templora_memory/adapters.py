@@ -12,6 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import PreTrainedModel
 
 from templora_memory.config import TempLoraConfig
+from templora_memory.trainer import seeded
 
 _PLACEHOLDER = "templora_placeholder"  # peft needs one adapter to exist; this rank-1 one is never trained or used
 
@@ -52,8 +53,7 @@ class AdapterBank:
         if agent_id in self._names:
             raise ValueError(f"agent '{agent_id}' already has an adapter")
         name = adapter_name(agent_id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.model.add_adapter(name, lora_config(self.config))
         self.model.eval()  # new modules start in training mode: their LoRA dropout would make replies random
         self._names[agent_id] = name

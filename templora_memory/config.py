@@ -45,6 +45,9 @@ class TempLoraConfig(BaseModel):
     """Dropout on the LoRA input during training (paper: 0.05)."""
     target_modules: list[str] | Literal["all-linear"] = ALL_LINEAR
     """Modules that get a LoRA: "all-linear" or module names (paper: all linear layers but the LM head)."""
+    deployment: Literal["cascaded", "parallel"] = "cascaded"
+    """Paper §3.2: "cascaded" trains each full chunk before the next reply; "parallel" trains it in a background
+    thread on a copy of the base model while replies keep using the previous adapter (one extra model in RAM)."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

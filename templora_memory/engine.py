@@ -14,6 +14,7 @@ ones go to the store and come back on their next call).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import tempfile
@@ -29,13 +30,14 @@ from tqdm.auto import tqdm
 
 from templora_memory.adapters import AdapterBank, adapter_name
 from templora_memory.agent import AgentState, AgentStats
+from templora_memory.background import BackgroundTrainer, TrainingJob
 from templora_memory.config import TempLoraConfig
-from templora_memory.errors import ConfigError, InvalidInputError, StoreError
+from templora_memory.errors import ConfigError, InvalidInputError, StoreError, TemploraError
 from templora_memory.generation import Sampling, StopDecoder, generate_tokens
 from templora_memory.loading import load_model
 from templora_memory.store import FORMAT_VERSION, AgentStore, Weights
 from templora_memory.tools import parse_reply
-from templora_memory.trainer import build_example, learning_rate, train_chunk
+from templora_memory.trainer import build_example, learning_rate, seeded, train_chunk
 from templora_memory.window import ChatRenderer, Message, Turn, fingerprint, window_start
 
 MAX_AGENT_ID_LENGTH = 128
@@ -76,7 +78,9 @@ class MemoryEngine:
         base, self.tokenizer, self.model_name = loaded or load_model(model)
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
+        replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
         self.bank = AdapterBank(base, self.config)
+        self._trainer = BackgroundTrainer(replica, self.config, self._lr_at) if replica is not None else None
         self.renderer = ChatRenderer(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
         self.max_resident = max_resident
@@ -188,6 +192,7 @@ class MemoryEngine:
     def write_tokens(self, agent_id: str, ids: Sequence[int], progress: bool = False) -> AgentStats:
         """Write token ids into the agent's adapter in chunks of Δ, each with the L_T tokens before it."""
         with self._locked(agent_id) as state:
+            self._finish_training(state, wait=True, reschedule=False)
             state.pending.extend(int(i) for i in ids)
             self._commit(state)  # the text is safe on disk before training starts
             chunks = -(-len(state.pending) // self.config.chunk_tokens)
@@ -197,6 +202,13 @@ class MemoryEngine:
                     bar.update(1)
                     bar.set_postfix(loss=f"{state.last_loss:.3f}")
             return state.stats()
+
+    def wait(self, agent_id: str | None = None) -> None:
+        """Finish the background training of one agent (or of every resident one) and swap its weights in."""
+        for each in [agent_id] if agent_id is not None else self.resident_ids():
+            with self._locked(each) as state:
+                while state.job is not None:
+                    self._finish_training(state, wait=True)
 
     # ----- replying -----------------------------------------------------------------------
 
@@ -276,6 +288,7 @@ class MemoryEngine:
                         backlog, state.backlog = state.backlog, []
                         self._add_turns(state, backlog)  # turns journaled before a crash are written now
                         self._commit(state)
+                    self._finish_training(state, wait=False)
                     yield state
                 finally:
                     state.users -= 1
@@ -335,7 +348,7 @@ class MemoryEngine:
             if not state.lock.acquire(blocking=False):
                 continue
             try:
-                if state.users:
+                if state.users or state.job is not None:
                     continue
                 self._commit(state)
                 with self._model_lock:
@@ -437,6 +450,9 @@ class MemoryEngine:
             yield tail
 
     def _write_full_chunks(self, state: AgentState) -> None:
+        if self._trainer is not None:
+            self._schedule(state)
+            return
         while len(state.pending) >= self.config.chunk_tokens:
             self._write(state, self.config.chunk_tokens)
 
@@ -444,9 +460,12 @@ class MemoryEngine:
         """Build the prompt from the window, first writing any pending tokens the window no longer holds."""
         start = self._window(state, state.system, tools)
         in_window = sum(len(turn.tokens) for turn in state.turns[start:])
+        if len(state.pending) > in_window and state.job is not None:
+            self._finish_training(state, wait=True, reschedule=False)  # the reply waits: its window moved on
         overflow = len(state.pending) - in_window
         if overflow > 0:
             self._write(state, overflow)
+            self._write_full_chunks(state)
         state.turns = state.turns[window_start(state.turns, self.config.window_tokens) :]
         start = self._window(state, state.system, tools)
         prompt = self.renderer.prompt(state.system, state.turns[start:], tools)
@@ -469,26 +488,65 @@ class MemoryEngine:
         return start
 
     def _write(self, state: AgentState, n_tokens: int) -> None:
-        """Train the next `n_tokens` pending tokens into the agent's adapter (one Temp-Lora update)."""
+        """Train the next `n_tokens` pending tokens into the agent's adapter now (one Temp-Lora update)."""
+        if state.job is not None:
+            raise RuntimeError("a chunk is training in the background; finish it before writing synchronously")
         chunk = state.pending[:n_tokens]
         input_ids, labels = build_example(state.written, chunk, self.config.train_context_tokens)
         started = time.perf_counter()
-        with self._model_lock, self.bank.active(state.agent_id) as model, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._seed(state.agent_id) + state.chunks_trained + 1)
+        seed = self._seed(state.agent_id) + state.chunks_trained + 1
+        with self._model_lock, self.bank.active(state.agent_id) as model, seeded(seed):
             optimizer = state.optimizer or self._new_optimizer(state.agent_id)
-            warmup = self.config.warmup_chunks * self.config.epochs
-            lr_at = lambda step: learning_rate(step, self.config.learning_rate, warmup)  # noqa: E731
-            state.last_loss = train_chunk(model, input_ids, labels, optimizer, self.config.epochs, state.steps, lr_at)
+            loss = train_chunk(model, input_ids, labels, optimizer, self.config.epochs, state.steps, self._lr_at)
         state.optimizer = optimizer
-        state.train_seconds += time.perf_counter() - started
+        self._account(state, n_tokens, loss, time.perf_counter() - started)
+
+    def _schedule(self, state: AgentState) -> None:
+        """Parallel deployment: hand the next full chunk to the background trainer (one job per agent at a time)."""
+        if state.job is not None or len(state.pending) < self.config.chunk_tokens:
+            return
+        n_tokens = self.config.chunk_tokens
+        input_ids, labels = build_example(state.written, state.pending[:n_tokens], self.config.train_context_tokens)
+        with self._model_lock:
+            weights = [p.detach().clone() for p in self.bank.parameters(state.agent_id)]
+        optimizer_state = copy.deepcopy(state.optimizer.state_dict()) if state.optimizer is not None else None
+        seed = self._seed(state.agent_id) + state.chunks_trained + 1
+        job = TrainingJob(state.agent_id, n_tokens, input_ids, labels, weights, optimizer_state, state.steps, seed)
+        state.job = self._trainer.submit(job)
+
+    def _finish_training(self, state: AgentState, wait: bool, reschedule: bool = True) -> None:
+        """Swap in the weights of the agent's finished background job (waiting for it if asked)."""
+        job = state.job
+        if job is None or not (wait or job.done.is_set()):
+            return
+        job.done.wait()
+        state.job = None
+        if job.error is not None:
+            raise TemploraError(f"background training of agent {state.agent_id!r} failed: {job.error}") from job.error
+        with self._model_lock, torch.no_grad():
+            for parameter, trained in zip(self.bank.parameters(state.agent_id), job.trained, strict=True):
+                parameter.copy_(trained)
+        state.optimizer = state.optimizer or self._new_optimizer(state.agent_id)
+        state.optimizer.load_state_dict(job.trained_optimizer_state)
+        self._account(state, job.n_tokens, job.loss, job.seconds)
+        if reschedule:
+            self._schedule(state)
+
+    def _account(self, state: AgentState, n_tokens: int, loss: float, seconds: float) -> None:
+        """Book a trained chunk: counters, the L_T context of the next one, and a commit."""
+        chunk = state.pending[:n_tokens]
+        state.last_loss = loss
+        state.train_seconds += seconds
         state.steps += self.config.epochs
         state.chunks_trained += 1
         state.tokens_written += len(chunk)
-        state.written = (
-            (state.written + chunk)[-self.config.train_context_tokens :] if self.config.train_context_tokens else []
-        )
+        context = self.config.train_context_tokens
+        state.written = (state.written + chunk)[-context:] if context else []
         del state.pending[:n_tokens]
         self._commit(state)  # each trained chunk is durable before the next one starts
+
+    def _lr_at(self, step: int) -> float:
+        return learning_rate(step, self.config.learning_rate, self.config.warmup_chunks * self.config.epochs)
 
     def _new_optimizer(self, agent_id: str) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.bank.parameters(agent_id), lr=self.config.learning_rate, weight_decay=0.0)

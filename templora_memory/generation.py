@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,9 @@ class Sampling:
 @torch.no_grad()
 def generate_tokens(model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int]) -> Iterator[int]:
     """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`."""
-    generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
+    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+    generator = torch.Generator().manual_seed(seed)
     input_ids = torch.tensor([list(prompt)], dtype=torch.long)  # (1, T)
     seen = input_ids[0].clone()
     past = None
@@ -44,7 +47,9 @@ def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generato
     """Apply repetition penalty, then take the argmax or sample from the nucleus."""
     if sampling.repetition_penalty != 1.0:
         previous = logits[seen]
-        logits[seen] = torch.where(previous > 0, previous / sampling.repetition_penalty, previous * sampling.repetition_penalty)
+        logits[seen] = torch.where(
+            previous > 0, previous / sampling.repetition_penalty, previous * sampling.repetition_penalty
+        )
     if sampling.temperature <= 0:
         return int(logits.argmax())
     probs = torch.softmax(logits / sampling.temperature, dim=-1)

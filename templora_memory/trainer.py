@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
+_RNG_LOCK = threading.RLock()
 
 
-def build_example(context: Sequence[int], chunk: Sequence[int], train_context_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG for this block, restore it after, and keep other threads' seeded blocks out.
+
+    Dropout and peft's LoRA initialisation take no generator argument, so reproducible training
+    needs the global RNG; the lock keeps a background training thread and the serving thread
+    from drawing from each other's seeded stream.
+    """
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_example(
+    context: Sequence[int], chunk: Sequence[int], train_context_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Input ids and labels for one chunk: the last L_T context tokens are input only, the chunk is scored.
 
     Returns tensors of shape (1, T) with T = min(L_T, len(context)) + len(chunk).
