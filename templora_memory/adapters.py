@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 
 import torch
@@ -12,7 +13,6 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import PreTrainedModel
 
 from templora_memory.config import TempLoraConfig
-from templora_memory.trainer import seeded
 
 _PLACEHOLDER = "templora_placeholder"  # peft needs one adapter to exist; this rank-1 one is never trained or used
 
@@ -43,26 +43,57 @@ class AdapterBank:
         placeholder.r, placeholder.lora_alpha, placeholder.lora_dropout = 1, 1, 0.0
         self.model: PeftModel = get_peft_model(base, placeholder, adapter_name=_PLACEHOLDER)
         self.config = config
-        self._names: dict[str, str] = {}
+        self._names: dict[str, str] = {}  # agent id -> adapter slot holding its weights
+        self._free: list[str] = []  # slots of agents that left RAM, reused before creating new ones
+        self._slot_params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
+        self._created = 0
 
     def __contains__(self, agent_id: str) -> bool:
         return agent_id in self._names
 
     def add(self, agent_id: str, seed: int) -> None:
-        """Create the agent's adapter; LoRA B starts at zero, so it begins identical to the base model."""
+        """Give the agent an adapter slot: LoRA A drawn from `seed`, B zero, so it starts as the base model.
+
+        Creating a peft adapter walks the whole model (about 0.5 s on the default model), so slots of
+        agents that left RAM are reused: bringing an agent back then costs a weight copy.
+        """
         if agent_id in self._names:
             raise ValueError(f"agent '{agent_id}' already has an adapter")
-        name = adapter_name(agent_id)
-        with seeded(seed):
-            self.model.add_adapter(name, lora_config(self.config))
-        self.model.eval()  # new modules start in training mode: their LoRA dropout would make replies random
+        name = self._free.pop() if self._free else self._create_slot()
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for key, parameter in self._slot_parameters(name):
+                if ".lora_A." in key:
+                    torch.nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)  # peft's init
+                else:
+                    parameter.zero_()
         self._names[agent_id] = name
 
-    def delete(self, agent_id: str) -> None:
-        """Remove the agent's adapter and free its weights."""
+    def delete(self, agent_id: str, release: bool = True) -> None:
+        """Take the agent's adapter away; `release=False` keeps its slot for the next agent instead of freeing it."""
         name = self._names.pop(agent_id)
+        if not release:
+            self._free.append(name)
+            return
         self.model.set_adapter(_PLACEHOLDER)
         self.model.delete_adapter(name)
+        del self._slot_params[name]
+
+    def slot(self, agent_id: str) -> str:
+        """Name of the peft adapter that holds the agent's weights right now."""
+        return self._names[agent_id]
+
+    def _create_slot(self) -> str:
+        name = f"slot_{self._created}"
+        self._created += 1
+        self.model.add_adapter(name, lora_config(self.config))
+        self.model.eval()  # new modules start in training mode: their LoRA dropout would make replies random
+        marker = f".{name}."
+        self._slot_params[name] = [(key, p) for key, p in self.model.named_parameters() if marker in key]
+        return name
+
+    def _slot_parameters(self, name: str) -> list[tuple[str, torch.nn.Parameter]]:
+        return self._slot_params[name]
 
     def weights(self, agent_id: str) -> tuple[dict[str, torch.Tensor], dict]:
         """The agent's LoRA tensors and peft config, in the layout `PeftModel.from_pretrained` reads."""
@@ -86,8 +117,7 @@ class AdapterBank:
 
     def parameters(self, agent_id: str) -> list[torch.nn.Parameter]:
         """The agent's trainable LoRA parameters (and nothing else)."""
-        marker = f".{self._names[agent_id]}."
-        return [p for n, p in self.model.named_parameters() if marker in n]
+        return [p for _, p in self._slot_parameters(self._names[agent_id])]
 
     @contextlib.contextmanager
     def active(self, agent_id: str | None) -> Iterator[PeftModel]:

@@ -298,8 +298,8 @@ class MemoryEngine:
         with self._agents_lock:
             state = self._agents.get(agent_id)
             if state is None:
+                self._make_room()  # first, so the agent coming in reuses the adapter slot of one leaving
                 state = self._agents[agent_id] = self._load_or_create(agent_id)
-                self._evict_over_limit()
             self._agents.move_to_end(agent_id)
             return state
 
@@ -337,12 +337,12 @@ class MemoryEngine:
         state.backlog = [message for seq, message in stored.journal if seq >= seen]
         return state
 
-    def _evict_over_limit(self) -> None:
-        """Send least recently used, idle agents to the store until at most `max_resident` remain."""
+    def _make_room(self) -> None:
+        """Send least recently used, idle agents to the store until one more fits under `max_resident`."""
         if self.max_resident is None:
             return
-        for agent_id in list(self._agents)[:-1]:  # never the agent just asked for
-            if len(self._agents) <= self.max_resident:
+        for agent_id in list(self._agents):
+            if len(self._agents) < self.max_resident:
                 return
             state = self._agents[agent_id]
             if not state.lock.acquire(blocking=False):
@@ -352,7 +352,7 @@ class MemoryEngine:
                     continue
                 self._commit(state)
                 with self._model_lock:
-                    self.bank.delete(agent_id)
+                    self.bank.delete(agent_id, release=False)  # the slot is reused by the agent coming in
                 state.optimizer, state.evicted = None, True
                 del self._agents[agent_id]
             finally:

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from templora_memory import InvalidInputError
-from templora_memory.adapters import adapter_name
 from templora_memory.generation import Sampling
 from templora_memory.trainer import IGNORE_INDEX, build_example, learning_rate
 
@@ -95,7 +94,9 @@ def test_no_turn_is_written_twice_when_chains_resend_history(make_engine):
     assert stats.tokens_written + stats.tokens_pending == len(_stream_tokens(engine, history))
     engine.add_turns("a", history)  # the whole history again: nothing new
     assert engine.stats("a") == stats
-    assert engine.add_turns("a", history[-2:] + [{"role": "user", "content": "new"}]) == [{"role": "user", "content": "new"}]
+    assert engine.add_turns("a", history[-2:] + [{"role": "user", "content": "new"}]) == [
+        {"role": "user", "content": "new"}
+    ]
 
 
 def test_agents_have_independent_adapters_and_base_weights_never_change(make_engine):
@@ -110,7 +111,7 @@ def test_agents_have_independent_adapters_and_base_weights_never_change(make_eng
     assert engine.log_likelihood("a", probe[:2], probe[2:]) != pytest.approx(base_lp, abs=1e-3)
     after = _base_state(engine)
     assert all(torch.equal(base[n], after[n]) for n in base)
-    marker = f"lora_B.{adapter_name('b')}."
+    marker = f"lora_B.{engine.bank.slot('b')}."
     b_up_weights = [p for n, p in engine.bank.model.named_parameters() if marker in n]
     assert b_up_weights and all(not p.any() for p in b_up_weights)  # untouched: LoRA B still zero
 
@@ -119,7 +120,7 @@ def test_forget_destroys_the_adapter_and_frees_its_weights(make_engine):
     engine = make_engine()
     before = sum(p.numel() for p in engine.bank.model.parameters())
     engine.add_turns("a", _turns(8))
-    name = adapter_name("a")
+    name = engine.bank.slot("a")
     assert name in engine.bank.model.peft_config
     assert sum(p.numel() for p in engine.bank.model.parameters()) > before
     assert engine.forget("a") is True

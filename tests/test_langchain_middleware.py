@@ -10,9 +10,10 @@ from langchain.agents import create_agent  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
 
+import templora_memory.engine as engine_module  # noqa: E402
 from integrations.langchain_middleware import ParametricMemoryMiddleware, safe_cutoff  # noqa: E402
 from templora_memory import InvalidInputError, ParametricMemory  # noqa: E402
-import templora_memory.engine as engine_module  # noqa: E402
+from templora_memory.window import fingerprint  # noqa: E402
 from tests.test_tools import ADD_CALL, add, tool_memory  # noqa: E402, F401  (tool_memory is a fixture)
 
 
@@ -54,8 +55,11 @@ def test_evicted_turns_are_written_into_another_agents_memory(make_engine):
     middleware = ParametricMemoryMiddleware(memory, "archive", trigger_tokens=80, keep_tokens=30)
     agent = create_agent(memory, middleware=[middleware], checkpointer=InMemorySaver())
     state = _chat(agent, "t2", LINES)
-    archived = memory.engine.agent("archive").fingerprints
-    assert len(state) + len(archived) == 2 * len(LINES)  # each turn is either still in the state or archived
+    archived = set(memory.engine.agent("archive").fingerprints)
+    kept = {m.content for m in state}
+    # each note is either still in the state or archived (replies are not counted: the tiny model may repeat one)
+    assert all(line in kept or fingerprint({"role": "user", "content": line}) in archived for line in LINES)
+    assert not any(line in kept and fingerprint({"role": "user", "content": line}) in archived for line in LINES)
     assert memory.stats("archive").chunks_trained >= 1
     assert all(m.content != HumanMessage(LINES[0]).content for m in state)
 
