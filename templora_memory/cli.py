@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 
 from templora_memory.config import TempLoraConfig
 from templora_memory.errors import TemploraError
@@ -14,9 +15,12 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> N
     group = parser.add_argument_group("Temp-Lora config")
     for name, field in TempLoraConfig.model_fields.items():
         default = defaults.get(name, field.default)
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        kind = field.annotation if field.annotation in (int, float) else str if choices else _modules
         group.add_argument(
             f"--{name.replace('_', '-')}",
-            type=field.annotation if field.annotation in (int, float) else _modules,
+            type=kind,
+            choices=choices,
             default=default,
             help=f"{field.description} (default: {default})".replace("%", "%%"),
         )
@@ -52,8 +56,10 @@ def _chat(args: argparse.Namespace) -> None:
             print(chunk.content, end="", flush=True)
             usage = chunk.usage_metadata or usage
         stats = memory.stats(args.agent)
-        print(f"\n  [prompt {usage['input_tokens']} tokens | chunks trained {stats.chunks_trained} | "
-              f"written {stats.tokens_written} | pending {stats.tokens_pending}]")
+        print(
+            f"\n  [prompt {usage['input_tokens']} tokens | chunks trained {stats.chunks_trained} | "
+            f"written {stats.tokens_written} | pending {stats.tokens_pending}]"
+        )
 
 
 def _demo(args: argparse.Namespace) -> None:

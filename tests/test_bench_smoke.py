@@ -152,3 +152,24 @@ def test_cli_registers_bench_commands_with_config_options(tmp_path):
     assert common.plot_path(args) == tmp_path / "r.png"
     for name in ("locomo", "cost"):
         assert parser.parse_args(["bench", name, "--learning-rate", "1e-3"]).learning_rate == 1e-3
+
+
+def test_cost_times_replies_in_both_deployments(make_engine, locomo_file):
+    messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
+    for mode in ("cascaded", "parallel"):
+        result = cost.deployment(make_engine(deployment=mode), messages, replies=8, reply_tokens=3, quiet=True)
+        assert len(result["replies"]) == 8 and result["chunks_trained"] >= 1
+        assert result["mean_reply_s_while_training"] is not None and result["max_reply_s"] > 0
+
+
+def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):
+    from templora_memory.bench import scale
+
+    messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
+    engine = make_engine(store=None, max_resident=3)
+    result = scale.run(engine, messages, agents=8, turns=2, quiet=True)
+    assert result["calls"] == 16 and result["resident_after"] <= 3
+    assert result["switch_ms"]["n"] >= 8 and result["resident_call_ms"]["n"] >= 1
+    disk = result["disk_mib_per_agent"]
+    assert disk["after_conversation"] > 0 and disk["after_one_chunk"] > 0
+    assert "switch" in scale.table(result)

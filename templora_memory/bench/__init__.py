@@ -1,4 +1,4 @@
-"""Benchmarks of issue 3: `templora-memory bench pg19|locomo|cost` (needs the `bench` extra)."""
+"""Benchmarks: `templora-memory bench pg19|locomo|cost|scale` (needs the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
     Each subcommand sets `run`, a function of the parsed namespace: `args.run(args)` runs it (as cli.py does).
     """
-    from templora_memory.bench import cost, locomo, pg19
+    from templora_memory.bench import cost, locomo, pg19, scale
 
-    parser = subparsers.add_parser("bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost")
-    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost}")
-    for module in (pg19, locomo, cost):
+    parser = subparsers.add_parser("bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost, scale")
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost,scale}")
+    for module in (pg19, locomo, cost, scale):
         module.add_parser(benches)
     return parser
 

@@ -125,6 +125,14 @@ class PeakRSS:
             self.peak_mib = round((_status_kib("VmHWM") - self._start) / 1024, 1)
 
 
+def rss_mib() -> float | None:
+    """Resident memory of this process now (MiB; None where /proc is missing)."""
+    try:
+        return round(_status_kib("VmRSS") / 1024, 1)
+    except OSError:
+        return None
+
+
 def _status_kib(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(key + ":"):

@@ -41,6 +41,12 @@ def add_parser(subparsers) -> None:
         default=None,
         help="history tokens written into the adapter (default: all; see docs)",
     )
+    parser.add_argument(
+        "--deployment-replies",
+        type=int,
+        default=0,
+        help="also time this many replies in cascaded and in parallel deployment (default: 0, skipped)",
+    )
     parser.set_defaults(run=main)
 
 
@@ -52,6 +58,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     messages = [line.message for session in data.lines(item) for line in session]
     engine = common.engine_from_args(args)
     result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.train_tokens, args.quiet)
+    if args.deployment_replies:
+        config = common.config_from_args(args)
+        result["deployment"] = {
+            mode: deployment(
+                MemoryEngine(args.model, config.model_copy(update={"deployment": mode})),
+                messages,
+                args.deployment_replies,
+                args.reply_tokens,
+                args.quiet,
+            )
+            for mode in ("cascaded", "parallel")
+        }
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
     plot(result, common.plot_path(args))
@@ -99,6 +117,31 @@ def run(
             row[f"{key}_change_pct"] = common.relative_change(row["full"][key], row["window_adapter"][key])
         rows.append(row)
     return {"benchmark": "cost", "histories": rows, "training": training(engine), "generation": generation(rows)}
+
+
+def deployment(engine: MemoryEngine, messages: list[Message], replies: int, reply_tokens: int, quiet=False):
+    """Reply latency through a conversation that fills chunks, in the engine's deployment mode (paper §3.2).
+
+    Each user line of the conversation gets a reply of at most `reply_tokens`; a reply is marked `training`
+    when a chunk was being trained during it (cascaded: before it; parallel: in the background).
+    """
+    agent, sampling, rows = "deployment", Sampling(max_new_tokens=reply_tokens), []
+    for message in common.progress(messages[:replies], quiet, desc=engine.config.deployment, unit="reply"):
+        chunks_before = engine.stats(agent).chunks_trained
+        started = time.perf_counter()
+        text = "".join(engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling))
+        seconds = time.perf_counter() - started
+        busy = engine.agent(agent).job is not None or engine.stats(agent).chunks_trained > chunks_before
+        rows.append({"reply_s": round(seconds, 3), "training": busy, "chars": len(text)})
+    engine.wait()
+    during = [r["reply_s"] for r in rows if r["training"]]
+    return {
+        "replies": rows,
+        "mean_reply_s": round(statistics.mean(r["reply_s"] for r in rows), 3),
+        "max_reply_s": max(r["reply_s"] for r in rows),
+        "mean_reply_s_while_training": round(statistics.mean(during), 3) if during else None,
+        "chunks_trained": engine.stats(agent).chunks_trained,
+    }
 
 
 def _window_start(engine: MemoryEngine, system: list[Message], turns) -> int:
@@ -178,6 +221,11 @@ def table(result: dict[str, Any]) -> str:
         f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), "
         f"{g['full_decode_s_per_1k']} (full)"
     )
+    for mode, d in result.get("deployment", {}).items():
+        lines.append(
+            f"deployment {mode}: mean reply {d['mean_reply_s']} s, max {d['max_reply_s']} s, "
+            f"while a chunk trains {d['mean_reply_s_while_training']} s ({d['chunks_trained']} chunks)"
+        )
     return "\n".join(lines)
 
 
