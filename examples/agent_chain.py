@@ -1,6 +1,6 @@
 """An agent chain: LangChain's `create_agent` on the default model, old turns moved into the agent's adapter.
 
-    python examples/agent_chain.py --turns 6
+python examples/agent_chain.py --turns 6
 """
 
 from __future__ import annotations
@@ -30,16 +30,22 @@ def main(argv: list[str] | None = None, engine: MemoryEngine | None = None) -> A
     args = parser("create_agent with ParametricMemory and its middleware", turns=6).parse_args(argv)
     model = memory(engine, args.max_tokens, agent_id="bakery-assistant")
     middleware = ParametricMemoryMiddleware(model, "bakery-assistant")
-    agent = create_agent(model, system_prompt="You are Mara's assistant. Answer briefly.",
-                         middleware=[middleware], checkpointer=InMemorySaver())
+    agent = create_agent(
+        model,
+        system_prompt="You are Mara's assistant. Answer briefly.",
+        middleware=[middleware],
+        checkpointer=InMemorySaver(),
+    )
     config = {"configurable": {"thread_id": "bakery"}}
     for turn in range(args.turns):
         line = FACTS[turn] if turn < len(FACTS) else "What is the plate of the delivery van?"
         state = agent.invoke({"messages": [HumanMessage(line)]}, config)
         print(f"user: {line}\nagent: {state['messages'][-1].content}\n")
     stats = model.stats()
-    print(f"state holds {len(state['messages'])} messages; adapter: {stats.tokens_written} tokens written "
-          f"in {stats.chunks_trained} chunks")
+    print(
+        f"state holds {len(state['messages'])} messages; adapter: {stats.tokens_written} tokens written "
+        f"in {stats.chunks_trained} chunks"
+    )
     return stats
 
 

@@ -1,6 +1,6 @@
 """A long-running assistant session: the prompt stays within the window while the adapter takes the rest.
 
-    python examples/assistant_session.py --turns 12
+python examples/assistant_session.py --turns 12
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None, engine: MemoryEngine | None = None) -> A
         line = NOTES[turn % len(NOTES)] if turn < args.turns - 1 else "Where did I park?"
         reply = assistant.invoke(line)  # only the new turn is sent: the memory holds the rest
         stats = assistant.stats()
-        print(f"[{turn + 1}] user: {line}\n    assistant: {reply.content}\n"
-              f"    prompt {stats.window_tokens} tokens, {stats.tokens_written} written, {stats.chunks_trained} chunks")
+        print(
+            f"[{turn + 1}] user: {line}\n    assistant: {reply.content}\n"
+            f"    prompt {stats.window_tokens} tokens, {stats.tokens_written} written, {stats.chunks_trained} chunks"
+        )
     print(f"window now holds {len(history.messages)} messages")
     return assistant.stats()
 

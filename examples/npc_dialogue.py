@@ -1,6 +1,6 @@
 """An NPC dialogue loop: several NPCs share one base model, each remembering in its own adapter.
 
-    python examples/npc_dialogue.py --turns 4
+python examples/npc_dialogue.py --turns 4
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine, Reply
-from templora_memory.generation import Sampling
 from templora_memory.errors import InvalidInputError
+from templora_memory.generation import Sampling
 from templora_memory.history import AgentChatHistory
 from templora_memory.messages import from_template, to_template
 from templora_memory.tools import ParsedReply, ToolCallStream, parse_reply, supports_tools

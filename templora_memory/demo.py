@@ -33,14 +33,18 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
     """Play the dialogue, then ask about the fact with and without the adapter; returns both log-probabilities."""
     memory = ParametricMemory(model=model, config=config or TempLoraConfig(**DEMO_CONFIG), agent_id=AGENT)
     engine = memory.engine
-    print(f"Model {memory.model_name}; window {memory.config.window_tokens} tokens, chunk Δ={memory.config.chunk_tokens}.\n")
+    print(
+        f"Model {memory.model_name}; window {memory.config.window_tokens} tokens, chunk Δ={memory.config.chunk_tokens}.\n"
+    )
     for line in [FACT, *SMALL_TALK]:
         reply = memory.invoke([("system", SYSTEM), ("human", line)])
         stats = memory.stats()
         fact_in_window = any(FACT in str(m["content"]) for m in engine.window(AGENT))
         print(f"traveller: {line}\n     bram: {reply.content.strip()}")
-        print(f"           [prompt {reply.usage_metadata['input_tokens']} tok | written {stats.tokens_written} | "
-              f"chunks {stats.chunks_trained} | fact in prompt: {'yes' if fact_in_window else 'no, only in adapter'}]")
+        print(
+            f"           [prompt {reply.usage_metadata['input_tokens']} tok | written {stats.tokens_written} | "
+            f"chunks {stats.chunks_trained} | fact in prompt: {'yes' if fact_in_window else 'no, only in adapter'}]"
+        )
     engine.add_turns(AGENT, [{"role": "user", "content": QUESTION}])
     prompt = engine.prompt_ids(AGENT)
     answer_ids = engine.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
@@ -51,8 +55,10 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
         text = "".join(engine.stream_completion(agent, prompt, sampling)).strip()
         logprob = sum(engine.log_likelihood(agent, prompt, answer_ids))
         results[label] = logprob
-        print(f"  {label:>24}: {text}\n  {'':>24}  log P(\"{ANSWER}\") = {logprob:.2f} "
-              f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e})")
+        print(
+            f'  {label:>24}: {text}\n  {"":>24}  log P("{ANSWER}") = {logprob:.2f} '
+            f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e})"
+        )
     gain = results["window + adapter"] - results["window only (base model)"]
     print(f"\nThe adapter makes the true fact {math.exp(gain):.1f}x more likely ({gain:+.2f} nats).")
     return results

@@ -24,13 +24,17 @@ def default_gguf_path() -> Path:
     try:
         dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFoundError(f"the default model package '{DEFAULT_MODEL_PACKAGE}' is not installed; {INSTALL_HINT}") from None
+        raise ModelNotFoundError(
+            f"the default model package '{DEFAULT_MODEL_PACKAGE}' is not installed; {INSTALL_HINT}"
+        ) from None
     for file in dist.files or []:
         if file.name.endswith(".gguf"):
             path = Path(dist.locate_file(file))
             if path.is_file():
                 return path
-    raise ModelNotFoundError(f"'{DEFAULT_MODEL_PACKAGE}' is installed but holds no .gguf file; reinstall it: {INSTALL_HINT}")
+    raise ModelNotFoundError(
+        f"'{DEFAULT_MODEL_PACKAGE}' is installed but holds no .gguf file; reinstall it: {INSTALL_HINT}"
+    )
 
 
 def cache_dir() -> Path:

@@ -25,7 +25,9 @@ def _to_template(message: BaseMessage) -> Message:
         )
     role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)
     if role is None:
-        raise InvalidInputError(f"unsupported message type '{message.type}'; use system, human, ai, tool or chat messages")
+        raise InvalidInputError(
+            f"unsupported message type '{message.type}'; use system, human, ai, tool or chat messages"
+        )
     converted: Message = {"role": role, "content": _text(message.content)}
     if isinstance(message, AIMessage) and message.tool_calls:
         converted["tool_calls"] = [
@@ -48,7 +50,9 @@ def _text(content: str | list) -> str:
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block.get("text", ""))
         else:
-            raise InvalidInputError(f"only text content is supported, got a {block.get('type', type(block).__name__)!r} block")
+            raise InvalidInputError(
+                f"only text content is supported, got a {block.get('type', type(block).__name__)!r} block"
+            )
     return "".join(parts)
 
 

@@ -40,7 +40,7 @@ class ChatRenderer:
         anchor = [previous] if previous is not None else [{"role": "system", "content": ""}]
         before = self._text(anchor)
         after = self._text([*anchor, message])
-        text = after[len(before):] if after.startswith(before) else self._text([message])
+        text = after[len(before) :] if after.startswith(before) else self._text([message])
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Turn(message=message, tokens=tuple(ids), fingerprint=fingerprint(message))
 
@@ -50,7 +50,9 @@ class ChatRenderer:
         text = self._text(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def _text(self, messages: Sequence[Message], add_generation_prompt: bool = False, tools: list[dict] | None = None) -> str:
+    def _text(
+        self, messages: Sequence[Message], add_generation_prompt: bool = False, tools: list[dict] | None = None
+    ) -> str:
         return self.tokenizer.apply_chat_template(
             list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )

@@ -22,7 +22,9 @@ def test_bound_agents_get_their_own_memory(tiny_memory):
 
 def test_history_writes_turns_reads_the_window_and_clear_forgets(tiny_memory):
     history = tiny_memory.history("npc")
-    turns = [HumanMessage(f"fact number {i} about the castle") if i % 2 == 0 else AIMessage(f"noted {i}") for i in range(16)]
+    turns = [
+        HumanMessage(f"fact number {i} about the castle") if i % 2 == 0 else AIMessage(f"noted {i}") for i in range(16)
+    ]
     history.add_messages(turns)
     stats = tiny_memory.stats("npc")
     assert stats.turns_seen == 16 and stats.chunks_trained >= 1
