@@ -31,7 +31,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("cost", help="latency and peak memory per reply: full history vs window + adapter")
     common.add_common_options(parser, DEFAULT_DATA, "results/cost.json")
     parser.add_argument(
-        "--histories", default=DEFAULT_HISTORIES, help=f"history sizes in tokens (default: {DEFAULT_HISTORIES})"
+        "--histories",
+        default=DEFAULT_HISTORIES,
+        help=f"history sizes in tokens; empty to time only the deployments (default: {DEFAULT_HISTORIES})",
     )
     parser.add_argument("--replies", type=int, default=3, help="replies timed per setup and history size (default: 3)")
     parser.add_argument("--reply-tokens", type=int, default=32, help="tokens generated per reply (default: 32)")
@@ -57,7 +59,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     item = data.load(args.data)[0]
     messages = [line.message for session in data.lines(item) for line in session]
     engine = common.engine_from_args(args)
-    result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.train_tokens, args.quiet)
+    result = {"benchmark": "cost"}  # --histories "" times only the deployments
+    if sizes:
+        result = run(engine, messages, sizes, args.replies, args.reply_tokens, args.train_tokens, args.quiet)
     if args.deployment_replies:
         config = common.config_from_args(args)
         result["deployment"] = {
@@ -72,7 +76,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         }
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
-    plot(result, common.plot_path(args))
+    if sizes:
+        plot(result, common.plot_path(args))
     print(table(result))
     return result
 
@@ -202,7 +207,9 @@ def generation(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """Latency and memory per history size, full vs window + adapter, and training vs generation per 1K."""
     lines = [f"{'history':>8} {'setup':<15} {'prompt':>7} {'ttft_s':>8} {'reply_s':>8} {'peak_MiB':>9}"]
-    for row in result["histories"]:
+    if "histories" not in result:
+        lines = []
+    for row in result.get("histories", []):
         for setup in SETUPS:
             s = row[setup]
             lines.append(
@@ -213,14 +220,16 @@ def table(result: dict[str, Any]) -> str:
             f"{'':>8} {'change':<15} {'':>7} {_pct(row['ttft_s_change_pct']):>8} "
             f"{_pct(row['reply_s_change_pct']):>8} {_pct(row['peak_mib_change_pct']):>9}"
         )
-    t, g = result["training"], result["generation"]
-    lines.append(
-        f"training: {t['train_s_per_1k']} s per 1K tokens written ({t['tokens_written']} tokens, {t['chunks']} chunks)"
-    )
-    lines.append(
-        f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), "
-        f"{g['full_decode_s_per_1k']} (full)"
-    )
+    if "training" in result:
+        t, g = result["training"], result["generation"]
+        lines.append(
+            f"training: {t['train_s_per_1k']} s per 1K tokens written "
+            f"({t['tokens_written']} tokens, {t['chunks']} chunks)"
+        )
+        lines.append(
+            f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), "
+            f"{g['full_decode_s_per_1k']} (full)"
+        )
     for mode, d in result.get("deployment", {}).items():
         lines.append(
             f"deployment {mode}: mean reply {d['mean_reply_s']} s, max {d['max_reply_s']} s, "
