@@ -23,8 +23,10 @@ from templora_memory.window import Message, Turn
 # ----- command-line options ---------------------------------------------------------------
 
 
-def add_common_options(parser: argparse.ArgumentParser, data_default: str, out_default: str) -> None:
-    """--data, --out, --plot, --model, --quiet, and one option per `TempLoraConfig` field."""
+def add_common_options(
+    parser: argparse.ArgumentParser, data_default: str, out_default: str, **config_defaults: object
+) -> None:
+    """--data, --out, --plot, --model, --quiet, and one option per `TempLoraConfig` field (defaults overridable)."""
     parser.add_argument("--data", default=data_default, help=f"input data (default: {data_default})")
     parser.add_argument("--out", default=out_default, help=f"where to write the JSON results (default: {out_default})")
     parser.add_argument("--plot", default=None, help="PNG plot path (default: the --out path with .png)")
@@ -33,7 +35,7 @@ def add_common_options(parser: argparse.ArgumentParser, data_default: str, out_d
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    add_config_options(parser)
+    add_config_options(parser, **config_defaults)
 
 
 def engine_from_args(args: argparse.Namespace) -> MemoryEngine:
