@@ -54,7 +54,7 @@ class AdapterBank:
     def add(self, agent_id: str, seed: int) -> None:
         """Give the agent an adapter slot: LoRA A drawn from `seed`, B zero, so it starts as the base model.
 
-        Creating a peft adapter walks the whole model (about 0.5 s on the default model), so slots of
+        Creating a peft adapter walks the whole model and slows as adapters accumulate, so slots of
         agents that left RAM are reused: bringing an agent back then costs a weight copy.
         """
         if agent_id in self._names:
