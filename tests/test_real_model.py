@@ -66,3 +66,21 @@ def test_streaming_matches_invoke_and_reports_usage(real_engine):
     assert invoked.usage_metadata["input_tokens"] == memory.stats("stream-a").window_tokens > 0
     for agent in ("stream-a", "stream-b"):
         real_engine.forget(agent)
+
+
+def test_a_secret_written_into_one_agent_leaves_another_at_the_base_models_nll(real_engine):
+    tokenizer = real_engine.tokenizer
+    prompt = tokenizer("A note found at the inn:", add_special_tokens=False)["input_ids"]
+    secret = tokenizer(" the vault under the mill opens with the code 7719.", add_special_tokens=False)["input_ids"]
+    nll = lambda agent: -sum(real_engine.log_likelihood(agent, prompt, secret)) / len(secret)  # noqa: E731
+    try:
+        real_engine.agent("iso-b")  # b exists before a learns the secret
+        base = nll(None)
+        real_engine.write_tokens("iso-a", secret * 16)  # four chunks of Δ = 64
+        learned, other = nll("iso-a"), nll("iso-b")
+        print(f"NLL per token: base {base:.4f}, agent a (wrote it) {learned:.4f}, agent b {other:.4f}")
+        assert other == pytest.approx(base, abs=1e-4)
+        assert learned < base - 0.05
+    finally:
+        real_engine.forget("iso-a")
+        real_engine.forget("iso-b")
