@@ -37,7 +37,8 @@ class ParametricMemory(BaseChatModel):
     Instantiate:
         >>> from templora_memory import ParametricMemory, TempLoraConfig
         >>> memory = ParametricMemory()  # embedded SmolLM2-135M-Instruct  # doctest: +SKIP
-        >>> memory = ParametricMemory(model="path/or/hf-id", config=TempLoraConfig(window_tokens=2048))  # doctest: +SKIP
+        >>> config = TempLoraConfig(window_tokens=2048)
+        >>> memory = ParametricMemory(model="path/or/hf-id", config=config)  # doctest: +SKIP
 
     Invoke (each agent id has its own adapter):
         >>> npc = memory.bind(agent_id="npc-7")  # doctest: +SKIP

@@ -34,7 +34,8 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
     memory = ParametricMemory(model=model, config=config or TempLoraConfig(**DEMO_CONFIG), agent_id=AGENT)
     engine = memory.engine
     print(
-        f"Model {memory.model_name}; window {memory.config.window_tokens} tokens, chunk Δ={memory.config.chunk_tokens}.\n"
+        f"Model {memory.model_name}; window {memory.config.window_tokens} tokens, "
+        f"chunk Δ={memory.config.chunk_tokens}.\n"
     )
     for line in [FACT, *SMALL_TALK]:
         reply = memory.invoke([("system", SYSTEM), ("human", line)])

@@ -584,7 +584,7 @@ def _check_agent_id(agent_id: object) -> None:
     )
     if problem:
         raise InvalidInputError(
-            f"agent_id {agent_id[:40]!r} {problem}; use letters, digits, spaces and punctuation, e.g. 'npc-7', 'user:42'"
+            f"agent_id {agent_id[:40]!r} {problem}; use letters, digits, spaces and punctuation, e.g. 'npc-7'"
         )
 
 

@@ -1,4 +1,4 @@
-"""`ParametricMemoryMiddleware` in `create_agent` loops on the tiny model: old turns leave the state into the adapter."""
+"""`ParametricMemoryMiddleware` in `create_agent` loops on the tiny model: old turns leave the state for the adapter."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def test_evicted_turns_are_written_into_another_agents_memory(make_engine):
     assert all(m.content != HumanMessage(LINES[0]).content for m in state)
 
 
-def test_tool_loop_keeps_calls_with_their_results(tool_memory, monkeypatch):
+def test_tool_loop_keeps_calls_with_their_results(tool_memory, monkeypatch):  # noqa: F811 (a fixture)
     replies = iter([ADD_CALL, "It is 5."] * 6)  # the model calls the tool, then answers, each turn
     tokenizer = tool_memory.engine.tokenizer
 

@@ -1,4 +1,4 @@
-"""LlamaIndex integration on the tiny model: a chat engine with `TemploraLLM` and `TemploraMemory`, and a `Memory` block."""
+"""LlamaIndex on the tiny model: a chat engine with `TemploraLLM` and `TemploraMemory`, and a `Memory` block."""
 
 from __future__ import annotations
 

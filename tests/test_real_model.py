@@ -52,7 +52,8 @@ def test_long_conversation_moves_into_the_adapter_and_keeps_answering(real_engin
     after = dict(real_engine.bank.model.named_parameters())
     assert all(torch.equal(base[n], after[n]) for n in base), "a base weight changed"
     trained = real_engine.bank.parameters("long-talk")
-    assert any(not torch.equal(old, new) for old, new in zip(before, trained, strict=True)), "the adapter did not change"
+    changed = [not torch.equal(old, new) for old, new in zip(before, trained, strict=True)]
+    assert any(changed), "the adapter did not change"
     real_engine.forget("long-talk")
 
 

@@ -68,10 +68,8 @@ class TemploraLLM(CustomLLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Reply as the agent; new turns and the reply are written into its memory."""
-        response = None
-        for response in self._stream_chat(messages, **kwargs):
-            pass
-        return response
+        *_, final = self._stream_chat(messages, **kwargs)  # the last response carries the whole reply
+        return final
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -81,10 +79,8 @@ class TemploraLLM(CustomLLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """`prompt` as the agent's next user turn; `formatted=True` completes raw text and writes nothing."""
-        response = None
-        for response in self._stream_complete(prompt, formatted, **kwargs):
-            pass
-        return response
+        *_, final = self._stream_complete(prompt, formatted, **kwargs)
+        return final
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
