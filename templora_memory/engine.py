@@ -105,7 +105,7 @@ class MemoryEngine:
         with self._agents_lock:
             ids = set(self._agents)
         if self.store is not None:
-            ids.update(self.store.load(key).record.get("agent_id", key) for key in self.store.keys())
+            ids.update(self.store.record(key).get("agent_id", key) for key in self.store.keys())
         return sorted(ids)
 
     def resident_ids(self) -> list[str]:
@@ -133,7 +133,7 @@ class MemoryEngine:
         _check_agent_id(agent_id)
         state = self._agents.get(agent_id)
         if state is None and self.store is not None and self.store.has(adapter_name(agent_id)):
-            record = self.store.load(adapter_name(agent_id)).record
+            record = self.store.record(adapter_name(agent_id))
             state = AgentState.from_record(agent_id, record) if record else None
         return (state or AgentState(agent_id)).stats()
 

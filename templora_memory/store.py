@@ -93,6 +93,11 @@ class AgentStore:
         """Keys of every stored agent."""
         return sorted(p.name for p in (self.root / "agents").iterdir() if self.has(p.name))
 
+    def record(self, key: str) -> dict[str, Any]:
+        """The agent's last committed state without its weights (empty before the first commit)."""
+        version = self._current(self.directory(key))
+        return {} if version is None else _read_state(version / STATE)
+
     def load(self, key: str) -> StoredAgent:
         """The agent's last commit and journal; a damaged file raises StoreError naming it."""
         folder = self.directory(key)

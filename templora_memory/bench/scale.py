@@ -66,7 +66,7 @@ def run(engine: MemoryEngine, messages: list[dict], agents: int, turns: int, qui
     for turn in common.progress(range(turns), quiet, desc="rounds", unit="round"):
         for index, agent in enumerate(ids):
             message = messages[(index + turn) % len(messages)]
-            resident = agent in engine._agents
+            resident = agent in engine.resident_ids()
             begin = time.perf_counter()
             engine.add_turns(agent, [message])
             calls.append(time.perf_counter() - begin)
