@@ -61,6 +61,8 @@ class AgentState:
     """Optimizer steps at the last commit of the adapter's weights (so unchanged weights are not rewritten)."""
     backlog: list[Message] = field(default_factory=list)
     """Journaled turns that arrived after the last commit, replayed on the next call after a restart."""
+    kv: Any = None
+    """The agent's `PromptCache` with cache reuse (RAM only: rebuilt after eviction or restart)."""
     job: Any = None
     """The chunk training in the background (parallel deployment), if any."""
     users: int = 0

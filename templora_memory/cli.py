@@ -15,15 +15,13 @@ def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> N
     group = parser.add_argument_group("Temp-Lora config")
     for name, field in TempLoraConfig.model_fields.items():
         default = defaults.get(name, field.default)
+        flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: {default})".replace("%", "%%")
+        if field.annotation is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
         kind = field.annotation if field.annotation in (int, float) else str if choices else _modules
-        group.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=kind,
-            choices=choices,
-            default=default,
-            help=f"{field.description} (default: {default})".replace("%", "%%"),
-        )
+        group.add_argument(flag, type=kind, choices=choices, default=default, help=text)
 
 
 def config_from_args(args: argparse.Namespace) -> TempLoraConfig:

@@ -48,6 +48,13 @@ class TempLoraConfig(BaseModel):
     deployment: Literal["cascaded", "parallel"] = "cascaded"
     """Paper §3.2: "cascaded" trains each full chunk before the next reply; "parallel" trains it in a background
     thread on a copy of the base model while replies keep using the previous adapter (one extra model in RAM)."""
+    cache_reuse: bool = False
+    """Paper §2: keep each resident agent's KV cache between calls, also across adapter updates, and compute only
+    the prompt tokens it does not hold (costs the cache's RAM per resident agent; see README)."""
+    attention_sinks: bool = False
+    """Paper §2 (StreamingLLM), with cache_reuse: turns leaving the window are evicted from the cache and the
+    states after them rotated to their new positions, so a sliding window is never recomputed (RoPE models;
+    the prompt's stable start, i.e. the system message, is the sink and must be at least 4 tokens)."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)
@@ -60,6 +67,11 @@ class TempLoraConfig(BaseModel):
                 f"window_tokens={self.window_tokens} must be >= chunk_tokens={self.chunk_tokens}: "
                 "turns not yet written into the adapter must still fit in the prompt; "
                 "raise window_tokens or lower chunk_tokens"
+            )
+        if self.attention_sinks and not self.cache_reuse:
+            raise ValueError(
+                "attention_sinks=True needs cache_reuse=True: without cache reuse every call recomputes the "
+                "window's KV states, so there is no cache to keep sinks in (paper §2, footnote 1)"
             )
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("target_modules=[] trains nothing; use 'all-linear' or name at least one module")

@@ -33,7 +33,8 @@ from templora_memory.agent import AgentState, AgentStats
 from templora_memory.background import BackgroundTrainer, TrainingJob
 from templora_memory.config import TempLoraConfig
 from templora_memory.errors import ConfigError, InvalidInputError, StoreError, TemploraError
-from templora_memory.generation import Sampling, StopDecoder, generate_tokens
+from templora_memory.generation import Sampling, StopDecoder, continuation_logits, generate_tokens
+from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.store import FORMAT_VERSION, AgentStore, Weights
 from templora_memory.tools import parse_reply
@@ -83,6 +84,7 @@ class MemoryEngine:
         self._trainer = BackgroundTrainer(replica, self.config, self._lr_at) if replica is not None else None
         self.renderer = ChatRenderer(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
+        self._rope_shift = RopeShift.of(base) if self.config.attention_sinks else None
         self.max_resident = max_resident
         self._spill = None  # evicted agents go to a private temporary store when the user gave none
         if store is None and max_resident is not None:
@@ -233,7 +235,7 @@ class MemoryEngine:
             if not state.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt = self._prompt(state, tools)
-            yield from self._generate(agent_id, prompt, sampling, stop, reply)
+            yield from self._generate(agent_id, prompt, sampling, stop, reply, self._cache(state))
             parsed = parse_reply(reply.text, self.tokenizer.chat_template) if tools else None
             reply.message = parsed.message() if parsed else {"role": "assistant", "content": reply.text}
             self._push(state, self._render(state, [reply.message])[0])
@@ -252,15 +254,18 @@ class MemoryEngine:
         if agent_id is None:
             yield from self._generate(None, prompt, sampling, stop, reply)
             return
-        with self._locked(agent_id):
-            yield from self._generate(agent_id, prompt, sampling, stop, reply)
+        with self._locked(agent_id) as state:
+            yield from self._generate(agent_id, prompt, sampling, stop, reply, self._cache(state))
 
     def log_likelihood(self, agent_id: str | None, prompt: Sequence[int], continuation: Sequence[int]) -> list[float]:
-        """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none."""
-        ids = torch.tensor([list(prompt) + list(continuation)])  # (1, P + C)
-        with self._locked(agent_id) if agent_id is not None else contextlib.nullcontext():
-            with self._model_lock, self.bank.active(agent_id) as model, torch.no_grad():
-                logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()  # (C, V)
+        """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none.
+
+        With `cache_reuse`, the agent's KV cache supplies the states of the prompt it already holds.
+        """
+        with self._locked(agent_id) if agent_id is not None else contextlib.nullcontext() as state:
+            cache = self._cache(state) if state is not None else None
+            with self._model_lock, self.bank.active(agent_id) as model:
+                logits = continuation_logits(model, prompt, continuation, cache)  # (C, V)
         logprobs = torch.log_softmax(logits, dim=-1)
         return logprobs.gather(1, torch.tensor(continuation).unsqueeze(1)).squeeze(1).tolist()
 
@@ -429,12 +434,18 @@ class MemoryEngine:
         state.pending.extend(turn.tokens)
 
     def _generate(
-        self, agent_id: str | None, prompt: Sequence[int], sampling: Sampling, stop: Sequence[str], reply: Reply
+        self,
+        agent_id: str | None,
+        prompt: Sequence[int],
+        sampling: Sampling,
+        stop: Sequence[str],
+        reply: Reply,
+        cache: PromptCache | None = None,
     ) -> Iterator[str]:
         reply.prompt_tokens = len(prompt)
         decoder = StopDecoder(self.tokenizer, stop)
         with self._model_lock, self.bank.active(agent_id) as model:
-            for token in generate_tokens(model, prompt, sampling, self.eos_ids):
+            for token in generate_tokens(model, prompt, sampling, self.eos_ids, cache):
                 reply.completion_tokens += 1
                 piece = decoder.push(token)
                 if piece:
@@ -448,6 +459,14 @@ class MemoryEngine:
         if tail:
             reply.text += tail
             yield tail
+
+    def _cache(self, state: AgentState) -> PromptCache | None:
+        """The agent's KV cache when `cache_reuse` is on (kept while the agent is resident, never stored)."""
+        if not self.config.cache_reuse:
+            return None
+        if state.kv is None:
+            state.kv = PromptCache(self._rope_shift)
+        return state.kv
 
     def _write_full_chunks(self, state: AgentState) -> None:
         if self._trainer is not None:

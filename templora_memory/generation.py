@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from templora_memory.kv_cache import PromptCache
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -23,24 +25,50 @@ class Sampling:
 
 
 @torch.no_grad()
-def generate_tokens(model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int]) -> Iterator[int]:
-    """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`."""
+def generate_tokens(
+    model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int], cache: PromptCache | None = None
+) -> Iterator[int]:
+    """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`.
+
+    With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed.
+    """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.tensor([list(prompt)], dtype=torch.long)  # (1, T)
-    seen = input_ids[0].clone()
-    past = None
+    cache = cache if cache is not None else PromptCache()
+    feed = cache.align(prompt)
+    seen = torch.tensor(list(prompt), dtype=torch.long)  # (T,)
     for _ in range(sampling.max_new_tokens):
-        out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        try:
+            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True)
+        except BaseException:
+            cache.clear()  # some layers may hold the new states already: the cache no longer matches its ids
+            raise
+        cache.record(feed, out.past_key_values)
         logits = out.logits[0, -1].float()  # (V,)
         token = _pick(logits, seen, sampling, generator)
         if token in eos_ids:
             return
         yield token
         seen = torch.cat([seen, torch.tensor([token])])
-        input_ids = torch.tensor([[token]])
+        feed = [token]
+
+
+@torch.no_grad()
+def continuation_logits(
+    model: nn.Module, prompt: Sequence[int], continuation: Sequence[int], cache: PromptCache | None = None
+) -> torch.Tensor:
+    """Logits (C, V) predicting each continuation token after `prompt`; a `cache` is used and extended."""
+    cache = cache if cache is not None else PromptCache()
+    feed = cache.align(prompt)
+    ids = feed + list(continuation)
+    try:
+        out = model(input_ids=torch.tensor([ids]), past_key_values=cache.past, use_cache=True)
+    except BaseException:
+        cache.clear()
+        raise
+    cache.record(ids, out.past_key_values)
+    return out.logits[0, len(feed) - 1 : -1].float()
 
 
 def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:

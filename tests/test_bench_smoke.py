@@ -14,6 +14,7 @@ pytest.importorskip("matplotlib")
 
 from templora_memory.bench import add_bench_parser, common, cost, locomo, pg19  # noqa: E402
 from templora_memory.bench import locomo_data as data  # noqa: E402
+from templora_memory.errors import InvalidInputError  # noqa: E402
 
 WORDS = "the blacksmith sells swords and shields in Oakridge while the innkeeper talks about the old castle".split()
 
@@ -154,12 +155,20 @@ def test_cli_registers_bench_commands_with_config_options(tmp_path):
         assert parser.parse_args(["bench", name, "--learning-rate", "1e-3"]).learning_rate == 1e-3
 
 
-def test_cost_times_replies_in_both_deployments(make_engine, locomo_file):
+def test_cost_times_replies_in_every_deployment(make_engine, locomo_file):
     messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
-    for mode in ("cascaded", "parallel"):
-        result = cost.deployment(make_engine(deployment=mode), messages, replies=8, reply_tokens=3, quiet=True)
+    computed = {}
+    for name in cost.deployment_names("cascaded,cascaded+reuse+sinks,parallel+reuse+sinks"):
+        engine = make_engine(**cost.DEPLOYMENTS[name])
+        result = cost.deployment(engine, messages, replies=8, reply_tokens=3, quiet=True)
         assert len(result["replies"]) == 8 and result["chunks_trained"] >= 1
         assert result["mean_reply_s_while_training"] is not None and result["max_reply_s"] > 0
+        assert result["config"]["cache_reuse"] == ("reuse" in name)
+        assert (result["kv_cache_mib"] is not None) == ("reuse" in name)
+        computed[name] = result["computed_tokens"]
+    assert computed["cascaded+reuse+sinks"] < computed["cascaded"]
+    with pytest.raises(InvalidInputError, match="--deployments"):
+        cost.deployment_names("cascaded,turbo")
 
 
 def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):

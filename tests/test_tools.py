@@ -95,7 +95,7 @@ def scripted(monkeypatch, tool_memory):
     script = {"text": ""}
     tokenizer = tool_memory.engine.tokenizer
 
-    def fake_generate(model, prompt, sampling, eos_ids):
+    def fake_generate(model, prompt, sampling, eos_ids, cache=None):
         prompts.append(tokenizer.decode(prompt))
         yield from tokenizer(script["text"], add_special_tokens=False)["input_ids"]
 

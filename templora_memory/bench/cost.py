@@ -15,7 +15,8 @@ from typing import Any
 
 from templora_memory.bench import common
 from templora_memory.bench import locomo_data as data
-from templora_memory.engine import MemoryEngine
+from templora_memory.config import TempLoraConfig
+from templora_memory.engine import MemoryEngine, Reply
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, generate_tokens
 from templora_memory.window import Message, window_start
@@ -24,6 +25,14 @@ DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
 DEFAULT_HISTORIES = "1024,2048,4096,8192"
 AGENT = "cost"
 SETUPS = ("full", "window_adapter")
+DEPLOYMENTS = {
+    "cascaded": {},
+    "cascaded+reuse": {"cache_reuse": True},
+    "cascaded+reuse+sinks": {"cache_reuse": True, "attention_sinks": True},
+    "parallel": {"deployment": "parallel"},
+    "parallel+reuse+sinks": {"deployment": "parallel", "cache_reuse": True, "attention_sinks": True},
+}
+"""Deployments timed by --deployment-replies: paper §3.2 (cascaded, parallel) and §2 (cache reuse, attention sinks)."""
 
 
 def add_parser(subparsers) -> None:
@@ -47,7 +56,12 @@ def add_parser(subparsers) -> None:
         "--deployment-replies",
         type=int,
         default=0,
-        help="also time this many replies in cascaded and in parallel deployment (default: 0, skipped)",
+        help="also time this many replies in each of --deployments (default: 0, skipped)",
+    )
+    parser.add_argument(
+        "--deployments",
+        default=",".join(DEPLOYMENTS),
+        help=f"deployments timed by --deployment-replies, from {', '.join(DEPLOYMENTS)} (default: all)",
     )
     parser.set_defaults(run=main)
 
@@ -65,14 +79,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.deployment_replies:
         config = common.config_from_args(args)
         result["deployment"] = {
-            mode: deployment(
-                MemoryEngine(args.model, config.model_copy(update={"deployment": mode})),
+            name: deployment(
+                MemoryEngine(args.model, TempLoraConfig(**{**config.model_dump(), **DEPLOYMENTS[name]})),
                 messages,
                 args.deployment_replies,
                 args.reply_tokens,
                 args.quiet,
             )
-            for mode in ("cascaded", "parallel")
+            for name in deployment_names(args.deployments)
         }
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
@@ -124,27 +138,54 @@ def run(
     return {"benchmark": "cost", "histories": rows, "training": training(engine), "generation": generation(rows)}
 
 
+def deployment_names(text: str) -> list[str]:
+    """'cascaded,parallel' → the names, each checked against `DEPLOYMENTS`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DEPLOYMENTS]
+    if unknown or not names:
+        raise InvalidInputError(f"--deployments {text!r}: choose from {', '.join(DEPLOYMENTS)}")
+    return names
+
+
 def deployment(engine: MemoryEngine, messages: list[Message], replies: int, reply_tokens: int, quiet=False):
-    """Reply latency through a conversation that fills chunks, in the engine's deployment mode (paper §3.2).
+    """Reply latency through a conversation that fills chunks, in the engine's deployment (paper §3.2, §2).
 
     Each user line of the conversation gets a reply of at most `reply_tokens`; a reply is marked `training`
     when a chunk was being trained during it (cascaded: before it; parallel: in the background).
+    `computed_tokens` counts the tokens run through the model for the reply, what cache reuse saves (without a
+    cache: the prompt and reply tokens).
     """
     agent, sampling, rows = "deployment", Sampling(max_new_tokens=reply_tokens), []
     for message in common.progress(messages[:replies], quiet, desc=engine.config.deployment, unit="reply"):
         chunks_before = engine.stats(agent).chunks_trained
+        reply, first = Reply(), None
         started = time.perf_counter()
-        text = "".join(engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling))
+        for _ in engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling, reply=reply):
+            first = first if first is not None else time.perf_counter() - started
         seconds = time.perf_counter() - started
-        busy = engine.agent(agent).job is not None or engine.stats(agent).chunks_trained > chunks_before
-        rows.append({"reply_s": round(seconds, 3), "training": busy, "chars": len(text)})
+        state = engine.agent(agent)
+        busy = state.job is not None or engine.stats(agent).chunks_trained > chunks_before
+        computed = state.kv.computed_tokens - sum(r["computed_tokens"] for r in rows) if state.kv else None
+        rows.append(
+            {
+                "reply_s": round(seconds, 3),
+                "ttft_s": round(first or seconds, 3),
+                "training": busy,
+                "prompt_tokens": reply.prompt_tokens,
+                "computed_tokens": computed if computed is not None else reply.prompt_tokens + reply.completion_tokens,
+            }
+        )
     engine.wait()
     during = [r["reply_s"] for r in rows if r["training"]]
     return {
+        "config": {key: getattr(engine.config, key) for key in ("deployment", "cache_reuse", "attention_sinks")},
         "replies": rows,
         "mean_reply_s": round(statistics.mean(r["reply_s"] for r in rows), 3),
         "max_reply_s": max(r["reply_s"] for r in rows),
+        "mean_ttft_s": round(statistics.mean(r["ttft_s"] for r in rows), 3),
         "mean_reply_s_while_training": round(statistics.mean(during), 3) if during else None,
+        "computed_tokens": sum(r["computed_tokens"] for r in rows),
+        "kv_cache_mib": round(state.kv.nbytes() / 2**20, 1) if state.kv else None,
         "chunks_trained": engine.stats(agent).chunks_trained,
     }
 
@@ -230,10 +271,11 @@ def table(result: dict[str, Any]) -> str:
             f"generation: {g['window_adapter_decode_s_per_1k']} s per 1K tokens (window + adapter), "
             f"{g['full_decode_s_per_1k']} (full)"
         )
-    for mode, d in result.get("deployment", {}).items():
+    for name, d in result.get("deployment", {}).items():
         lines.append(
-            f"deployment {mode}: mean reply {d['mean_reply_s']} s, max {d['max_reply_s']} s, "
-            f"while a chunk trains {d['mean_reply_s_while_training']} s ({d['chunks_trained']} chunks)"
+            f"deployment {name}: mean reply {d['mean_reply_s']} s (first text {d['mean_ttft_s']} s), "
+            f"max {d['max_reply_s']} s, while a chunk trains {d['mean_reply_s_while_training']} s, "
+            f"{d['computed_tokens']} tokens computed ({d['chunks_trained']} chunks)"
         )
     return "\n".join(lines)
 

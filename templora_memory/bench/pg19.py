@@ -2,6 +2,9 @@
 
 For each book, split into chunks of Δ tokens: score the chunk with the base model and with the book's
 adapter, both given the same preceding L_X tokens, then train the adapter on it (the engine's own update).
+With `--cache-reuse` the adapter scores through the book's KV cache, computed by older adapters (paper §2:
+"TL + CR"); adding `--attention-sinks` makes the context the book's first four tokens and the most recent
+ones, and the cache evicts what slides out instead of recomputing it ("TL + CR + AS").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from templora_memory.bench import common
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
+from templora_memory.kv_cache import SINK_TOKENS
 
 DEFAULT_DATA = "../shared/data/pg19"
 DEFAULT_BUCKETS = (8192, 16384, 32768)
@@ -132,7 +136,7 @@ def score_book(engine: MemoryEngine, name: str, tokens: list[int], quiet: bool):
     for start in common.progress(range(0, len(tokens), delta), quiet, desc=name, unit="chunk", leave=False):
         # The very first token has no context to be scored from; it is input only.
         first = max(start, 1)
-        context, chunk = tokens[max(0, first - window) : first], tokens[first : start + delta]
+        context, chunk = _context(tokens, first, window, engine.config.attention_sinks), tokens[first : start + delta]
         if not chunk:
             continue
         base = engine.log_likelihood(None, context, chunk)
@@ -140,6 +144,13 @@ def score_book(engine: MemoryEngine, name: str, tokens: list[int], quiet: bool):
         yield _record(name, first, base, adapted), base, adapted
         if start + delta < len(tokens):  # the last chunk is never scored after, so it is not written
             engine.write_tokens(agent, tokens[start : start + delta])
+
+
+def _context(tokens: list[int], first: int, window: int, sinks: bool) -> list[int]:
+    """The L_X tokens before `first`; with attention sinks, the book's first tokens and then the most recent ones."""
+    if not sinks or first <= window:
+        return tokens[max(0, first - window) : first]
+    return tokens[:SINK_TOKENS] + tokens[first - window + SINK_TOKENS : first]
 
 
 def bucket_index(position: int, bounds: list[int]) -> int:
