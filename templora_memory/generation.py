@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from templora_memory.constrained import Constraint
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -23,22 +25,40 @@ class Sampling:
 
 
 @torch.no_grad()
-def generate_tokens(model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int]) -> Iterator[int]:
-    """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`."""
+def generate_tokens(
+    model: nn.Module,
+    prompt: Sequence[int],
+    sampling: Sampling,
+    eos_ids: set[int],
+    constraint: Constraint | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`.
+
+    With a `constraint`, only tokens its grammar allows are picked, the repetition penalty counts only the
+    reply's own tokens, and generation ends when the grammar is complete.
+    """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.tensor([list(prompt)], dtype=torch.long)  # (1, T)
-    seen = input_ids[0].clone()
+    # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
+    # values out of the prompt (tool arguments), and penalising them picks wrong ones
+    seen = input_ids[0].clone() if constraint is None else torch.tensor([], dtype=torch.long)
     past = None
     for _ in range(sampling.max_new_tokens):
         out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[0, -1].float()  # (V,)
+        if constraint is not None:
+            constraint.mask(logits)
         token = _pick(logits, seen, sampling, generator)
         if token in eos_ids:
             return
         yield token
+        if constraint is not None:
+            constraint.advance(token)
+            if constraint.finished:
+                return
         seen = torch.cat([seen, torch.tensor([token])])
         input_ids = torch.tensor([[token]])
 
