@@ -30,13 +30,13 @@ def market_price(item: Literal["bread", "milk", "eggs", "apples"]) -> str:
 @pytest.fixture(scope="module")
 def memory() -> ParametricMemory:
     """A window of 320 tokens (the tool section takes ~150) and chunks of 48, so the loop trains several chunks."""
-    config = TempLoraConfig(chunk_tokens=48, window_tokens=320, train_context_tokens=128, max_new_tokens=24)
+    config = TempLoraConfig(chunk_tokens=48, window_tokens=320, train_context_tokens=128, max_new_tokens=40)
     return ParametricMemory(engine=MemoryEngine(config=config))
 
 
 def test_agent_loop_calls_tools_answers_and_remembers_beyond_the_window(memory):
     caller = memory.bind_tools([market_price], tool_choice="any").bind(agent_id="shopper")
-    answerer = memory.bind(agent_id="shopper")  # tools not offered: the model answers in words
+    answerer = memory.bind(agent_id="shopper", max_tokens=24)  # tools not offered: the model answers in words
     window = memory.config.window_tokens
     chosen = []
     for question in QUESTIONS:
