@@ -22,7 +22,7 @@ from templora_memory import MemoryEngine, ParametricMemory
 
 pytestmark = pytest.mark.real_model
 
-WHOLE_ANSWERS = ("tool", "structured", "json", "runnables")
+WHOLE_ANSWERS = ("tool", "structured", "json", "runnables", "agent_loop")
 """Tests whose replies must be a whole tool call or JSON object (names containing these words)."""
 
 
@@ -93,4 +93,23 @@ class TestParametricMemoryUnit(_SharedEngine, ChatModelUnitTests):
 
 
 class TestParametricMemoryIntegration(_SharedEngine, ChatModelIntegrationTests):
-    """`ChatModelIntegrationTests`: invoke, stream, async, batch, usage, stop sequences on the real model."""
+    """`ChatModelIntegrationTests`: invoke, stream, async, batch, usage, stop sequences, tools, structured output."""
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="tool_choice='auto' leaves the choice to the model, and SmolLM2-135M answers 'What is the weather "
+        "in San Francisco?' in prose instead of calling get_weather; required choices are constrained and pass "
+        "(test_tool_calling, test_tool_choice, tests/test_tool_agent.py)",
+    )
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model) -> None:
+        super().test_agent_loop(model)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="JSON mode constrains to any JSON object (like OpenAI's json_object); SmolLM2-135M writes "
+        '{"setup": ...} without the "punchline" key the prompt asks for; json_schema and function_calling '
+        "constrain the keys and pass (test_structured_output*)",
+    )
+    def test_json_mode(self, model) -> None:
+        super().test_json_mode(model)

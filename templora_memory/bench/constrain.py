@@ -102,6 +102,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def measure_library(name: str, tokenizer, repeats: int) -> dict[str, Any]:
     """Setup, compile and per-token times of one library over every case (or why it could not run)."""
+    if name not in BACKENDS:
+        return {"error": f"unknown library; choose from {', '.join(BACKENDS)}"}
     try:
         backend = BACKENDS[name]()
     except ImportError as exc:
