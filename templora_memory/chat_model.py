@@ -6,26 +6,37 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+    PydanticToolsParser,
+)
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
+from templora_memory.constrained import ANY_OBJECT, closed, json_grammar
 from templora_memory.engine import MemoryEngine, Reply
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling
 from templora_memory.history import AgentChatHistory
 from templora_memory.messages import from_template, to_template
-from templora_memory.tools import ParsedReply, ToolCallStream, parse_reply, supports_tools
+from templora_memory.tools import ParsedReply, ToolCallStream, parse_reply, required_call_grammar
+
+REQUIRED_CHOICES = ("any", "required", True)
 
 
 class ParametricMemory(BaseChatModel):
@@ -150,25 +161,87 @@ class ParametricMemory(BaseChatModel):
         tool_choice: str | bool | dict | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Offer tools to the model through its chat template; calls come back in `AIMessage.tool_calls`.
+        """Offer tools to the model; calls come back in `AIMessage.tool_calls`.
 
-        Tool calling depends on the model: its chat template must render tools (Qwen2.5, Hermes,
-        Llama 3.1 style templates do; the default SmolLM2-135M-Instruct's does not, and raises here).
-        `tool_choice` is "auto" (default), "none" (tools hidden), "any"/"required"/True (all tools), or a
-        tool name / {"type": "function", "function": {"name": ...}} (only that tool is offered).
-        Nothing forces the model to call a tool yet: it answers the way its template asks it to.
+        Tools are rendered by the model's chat template; a template that renders none (the default
+        SmolLM2-135M-Instruct's) gets them in the system message in the Hermes format. `tool_choice`:
+        "auto" (default: the model decides, its reply parsed the way its template defines), "none" (tools
+        hidden), "any"/"required"/True (one call of some tool is required), or a tool name /
+        {"type": "function", "function": {"name": ...}} (a call of that tool is required). A required call
+        is generated under a grammar built from the tools' JSON schemas, so it always parses into a call
+        with valid arguments.
 
         Example:
-            >>> agent = memory.bind_tools([get_weather]).bind(agent_id="npc-7")  # doctest: +SKIP
+            >>> agent = memory.bind_tools([get_weather], tool_choice="any").bind(agent_id="npc-7")  # doctest: +SKIP
             >>> agent.invoke("Weather in Paris?").tool_calls  # doctest: +SKIP
         """
-        if not supports_tools(self._engine.tokenizer.chat_template):
-            raise InvalidInputError(
-                f"the chat template of {self.model_name} renders no tools, so the model cannot call them; "
-                "use a model whose template supports tools (e.g. Qwen2.5-Instruct or a Hermes fine-tune)"
-            )
         formatted = _offered([convert_to_openai_tool(tool) for tool in tools], tool_choice)
+        if tool_choice in REQUIRED_CHOICES or isinstance(tool_choice, dict) or _names_tool(tool_choice):
+            self._check_compiles(formatted)
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | BaseModel]:
+        """Replies parsed into `schema` (a Pydantic class, a TypedDict or a JSON schema), generated under its grammar.
+
+        `method`: "function_calling" (a required call of a tool named after the schema), "json_schema" (the
+        reply is one JSON value valid under the schema) or "json_mode" (any JSON object, parsed into the
+        schema). `strict` is accepted for compatibility: generation is always constrained.
+
+        Example:
+            >>> memory.with_structured_output(Person).invoke("Ada Lovelace, 36")  # doctest: +SKIP
+            Person(name='Ada Lovelace', age=36)
+        """
+        if kwargs:
+            raise InvalidInputError(f"with_structured_output got unsupported arguments {sorted(kwargs)}")
+        pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        traced = {"kwargs": {"method": method}, "schema": schema}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=traced)
+            parser = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)
+                if pydantic
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            target = ANY_OBJECT if method == "json_mode" else closed(_json_schema(schema))
+            self._engine.grammars.compile(json_grammar(target))  # a schema that cannot compile fails here
+            llm = self.bind(response_format=target, ls_structured_output_format=traced)
+            parser = PydanticOutputParser(pydantic_object=schema) if pydantic else JsonOutputParser()
+        else:
+            raise InvalidInputError(
+                f"method={method!r} is not supported; use 'function_calling', 'json_schema' or 'json_mode'"
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+    def _check_compiles(self, tools: list[dict[str, Any]]) -> None:
+        """Compile a required call's grammar now: a tool schema that cannot be constrained fails at bind time."""
+        template = self._engine.tokenizer.chat_template
+        for tool in tools:
+            try:
+                self._engine.grammars.compile(required_call_grammar([tool], template))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"tool {tool['function']['name']!r}: {exc}") from None
+
+    def _grammar(self, tools: list[dict[str, Any]] | None, choice: Any, response_format: Any) -> str | None:
+        """The grammar a call is generated under: its JSON response format, a required tool call, or none."""
+        if response_format is not None:
+            return json_grammar(_response_schema(response_format))
+        if tools and (choice in REQUIRED_CHOICES or isinstance(choice, dict) or _names_tool(choice)):
+            return required_call_grammar(tools, self._engine.tokenizer.chat_template)
+        return None
 
     def _stream(
         self,
@@ -178,11 +251,12 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        tools = _call_tools(kwargs)
+        tools, grammar = self._call_options(kwargs)
         splitter = ToolCallStream(self._engine.tokenizer.chat_template) if tools else None
         reply = Reply()
+        stop = stop or self.stop or ()
         pieces = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply, tools=tools
+            agent_id, to_template(messages), self._sampling(kwargs), stop, reply, tools=tools, grammar=grammar
         )
         for piece in pieces:
             piece = splitter.push(piece) if splitter else piece
@@ -244,10 +318,11 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        tools = _call_tools(kwargs)
+        tools, grammar = self._call_options(kwargs)
         reply = Reply()
+        stop = stop or self.stop or ()
         pieces = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), reply, tools=tools
+            agent_id, to_template(messages), self._sampling(kwargs), stop, reply, tools=tools, grammar=grammar
         )
         for _ in pieces:
             pass
@@ -263,6 +338,14 @@ class ParametricMemory(BaseChatModel):
         )
         generation = ChatGeneration(message=message, generation_info={"finish_reason": reply.finish_reason})
         return ChatResult(generations=[generation])
+
+    def _call_options(self, kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """Pop a call's tool options: the tools on offer (None when none or tool_choice is "none") and its grammar."""
+        tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
+        response_format = kwargs.pop("response_format", None)
+        kwargs.pop("ls_structured_output_format", None)
+        tools = tools if tools and choice not in ("none", False) else None
+        return tools, self._grammar(tools, choice, response_format)
 
     def _sampling(self, overrides: dict[str, Any]) -> Sampling:
         return Sampling(
@@ -305,11 +388,31 @@ def _offered(tools: list[dict[str, Any]], tool_choice: str | bool | dict | None)
     return chosen
 
 
-def _call_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Pop the bound tools from a call's kwargs; None when there are none or tool_choice is "none"."""
-    tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
-    kwargs.pop("ls_structured_output_format", None)
-    return tools if tools and choice not in ("none", False) else None
+def _names_tool(choice: Any) -> bool:
+    """True if `tool_choice` names one tool (a plain tool name)."""
+    return isinstance(choice, str) and choice not in ("auto", "none", "any", "required")
+
+
+def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
+    """The JSON schema of a Pydantic class, a TypedDict or a JSON schema dict (an OpenAI tool's parameters too)."""
+    if isinstance(schema, dict) and "function" in schema:
+        return schema["function"].get("parameters", ANY_OBJECT)
+    if isinstance(schema, dict):
+        return schema
+    return convert_to_json_schema(schema)
+
+
+def _response_schema(response_format: Any) -> dict[str, Any]:
+    """The JSON schema of a `response_format`: {"type": "json_object"}, OpenAI's {"type": "json_schema"}, a schema."""
+    if not isinstance(response_format, dict):
+        raise InvalidInputError(
+            f"response_format must be a JSON schema dict or {{'type': 'json_object'}}, got {response_format!r:.60}"
+        )
+    if response_format.get("type") == "json_object":
+        return ANY_OBJECT
+    if response_format.get("type") == "json_schema" and "json_schema" in response_format:
+        return response_format["json_schema"].get("schema", ANY_OBJECT)
+    return response_format
 
 
 def _call_chunks(reply: Reply, parsed: ParsedReply | None) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from templora_memory.adapters import AdapterBank, adapter_name
 from templora_memory.agent import AgentState, AgentStats
 from templora_memory.background import BackgroundTrainer, TrainingJob
 from templora_memory.config import TempLoraConfig
+from templora_memory.constrained import Constraint, GrammarCache
 from templora_memory.errors import ConfigError, InvalidInputError, StoreError, TemploraError
 from templora_memory.generation import Sampling, StopDecoder, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
@@ -83,6 +84,7 @@ class MemoryEngine:
         self.bank = AdapterBank(base, self.config)
         self._trainer = BackgroundTrainer(replica, self.config, self._lr_at) if replica is not None else None
         self.renderer = ChatRenderer(self.tokenizer)
+        self.grammars = GrammarCache(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
         self._rope_shift = RopeShift.of(base) if self.config.attention_sinks else None
         self.max_resident = max_resident
@@ -222,11 +224,13 @@ class MemoryEngine:
         stop: Sequence[str] = (),
         reply: Reply | None = None,
         tools: list[dict] | None = None,
+        grammar: str | None = None,
     ) -> Iterator[str]:
         """Write the new turns, prompt with the window, and stream the reply's text; the reply is remembered.
 
         `tools` (OpenAI-style function schemas) are rendered by the chat template, and the reply is then
-        parsed for tool calls the way the template defines (see `templora_memory.tools`).
+        parsed for tool calls the way the template defines (see `templora_memory.tools`). A `grammar`
+        (see `templora_memory.constrained`) constrains the reply, e.g. to a required tool call.
         """
         _check_messages(messages)
         reply = reply if reply is not None else Reply()
@@ -235,7 +239,8 @@ class MemoryEngine:
             if not state.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt = self._prompt(state, tools)
-            yield from self._generate(agent_id, prompt, sampling, stop, reply, self._cache(state))
+            constraint = self.grammars.constraint(grammar) if grammar is not None else None
+            yield from self._generate(agent_id, prompt, sampling, stop, reply, self._cache(state), constraint)
             parsed = parse_reply(reply.text, self.tokenizer.chat_template) if tools else None
             reply.message = parsed.message() if parsed else {"role": "assistant", "content": reply.text}
             self._push(state, self._render(state, [reply.message])[0])
@@ -441,11 +446,12 @@ class MemoryEngine:
         stop: Sequence[str],
         reply: Reply,
         cache: PromptCache | None = None,
+        constraint: Constraint | None = None,
     ) -> Iterator[str]:
         reply.prompt_tokens = len(prompt)
         decoder = StopDecoder(self.tokenizer, stop)
         with self._model_lock, self.bank.active(agent_id) as model:
-            for token in generate_tokens(model, prompt, sampling, self.eos_ids, cache):
+            for token in generate_tokens(model, prompt, sampling, self.eos_ids, cache, constraint):
                 reply.completion_tokens += 1
                 piece = decoder.push(token)
                 if piece:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from templora_memory.constrained import Constraint
 from templora_memory.kv_cache import PromptCache
 
 
@@ -26,18 +27,27 @@ class Sampling:
 
 @torch.no_grad()
 def generate_tokens(
-    model: nn.Module, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int], cache: PromptCache | None = None
+    model: nn.Module,
+    prompt: Sequence[int],
+    sampling: Sampling,
+    eos_ids: set[int],
+    cache: PromptCache | None = None,
+    constraint: Constraint | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`.
 
     With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed.
+    With a `constraint`, only tokens its grammar allows are picked, the repetition penalty counts only the
+    reply's own tokens, and generation ends when the grammar is complete.
     """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
     cache = cache if cache is not None else PromptCache()
     feed = cache.align(prompt)
-    seen = torch.tensor(list(prompt), dtype=torch.long)  # (T,)
+    # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
+    # values out of the prompt (tool arguments), and penalising them picks wrong ones
+    seen = torch.tensor(list(prompt) if constraint is None else [], dtype=torch.long)  # (T,)
     for _ in range(sampling.max_new_tokens):
         try:
             out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True)
@@ -46,10 +56,16 @@ def generate_tokens(
             raise
         cache.record(feed, out.past_key_values)
         logits = out.logits[0, -1].float()  # (V,)
+        if constraint is not None:
+            constraint.mask(logits)
         token = _pick(logits, seen, sampling, generator)
         if token in eos_ids:
             return
         yield token
+        if constraint is not None:
+            constraint.advance(token)
+            if constraint.finished:
+                return
         seen = torch.cat([seen, torch.tensor([token])])
         feed = [token]
 

@@ -49,6 +49,8 @@ def _text(content: str | list) -> str:
             parts.append(block)
         elif isinstance(block, dict) and block.get("type") == "text":
             parts.append(block.get("text", ""))
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "tool_call"):
+            continue  # an AI message's call block; the call itself travels in `tool_calls`
         else:
             raise InvalidInputError(
                 f"only text content is supported, got a {block.get('type', type(block).__name__)!r} block"

@@ -1,10 +1,14 @@
-"""Tool calls in the model's own format: which templates support tools, and parsing calls out of replies.
+"""Tool calls in the model's own format: which templates support tools, rendering them, parsing calls out of replies.
 
 Tool calling depends on the model: tools are rendered by the tokenizer's chat template, and the
 reply is parsed the way that template tells the model to answer. Templates in the Hermes / Qwen
 style ask for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; templates that
 render tools but name no tag (Llama 3.1 style) get one bare JSON object as the whole reply.
-SmolLM2-135M-Instruct, the default model, has a template that renders no tools at all.
+
+A template that renders no tools at all (SmolLM2-135M-Instruct, the default model) gets them in the
+Hermes format, written here into the messages: the tool schemas and calling instructions in the
+system message (`tools_instructions`), each assistant call as a `<tool_call>` block in its text, and
+each tool result as a user turn in `<tool_response>` tags.
 
 Framework-free: messages are chat-template dicts, as everywhere in the engine.
 """
@@ -15,11 +19,25 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from templora_memory.window import Message
+from templora_memory.constrained import tool_call_grammar
+
+if TYPE_CHECKING:
+    from templora_memory.window import Message
 
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+TOOLS_INSTRUCTIONS = """# Tools
+
+You may call one of these functions to assist with the user query. Function signatures in <tools></tools> tags:
+<tools>
+{tools}
+</tools>
+
+To call a function, answer with a JSON object of the function name and arguments in <tool_call></tool_call> tags:
+<tool_call>
+{{"name": <function-name>, "arguments": <args-json-object>}}
+</tool_call>"""
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,53 @@ def supports_tools(chat_template: str | None) -> bool:
     return bool(chat_template) and re.search(r"\btools\b", chat_template) is not None
 
 
+def uses_tags(chat_template: str | None) -> bool:
+    """True if tool calls come as `<tool_call>` blocks: Hermes-style templates, and templates rendering no tools."""
+    return chat_template is None or not supports_tools(chat_template) or HERMES_OPEN in chat_template
+
+
+def required_call_grammar(tools: list[dict[str, Any]], chat_template: str | None) -> str:
+    """The grammar forcing one call of one of `tools`, in the format `chat_template` asks for."""
+    if uses_tags(chat_template):
+        return tool_call_grammar(tools, tagged=True)
+    key = "parameters" if '"parameters"' in chat_template else "arguments"  # Llama 3.1 asks for "parameters"
+    return tool_call_grammar(tools, tagged=False, arguments_key=key)
+
+
+def tools_instructions(tools: list[dict[str, Any]]) -> str:
+    """The Hermes-format tools section for the system message of a template that renders no tools."""
+    return TOOLS_INSTRUCTIONS.format(tools="\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools))
+
+
+def as_text_turns(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
+    """Messages for a template that renders no tools: tools, calls and results written into the text (Hermes)."""
+    out: list[Message] = []
+    for message in messages:
+        if message.get("tool_calls"):
+            blocks = [_call_block(call) for call in message["tool_calls"]]
+            text = "\n".join([message["content"], *blocks] if message.get("content") else blocks)
+            out.append({"role": "assistant", "content": text})
+        elif message["role"] == "tool":
+            out.append({"role": "user", "content": f"<tool_response>\n{message['content']}\n</tool_response>"})
+        else:
+            out.append({"role": message["role"], "content": message.get("content") or ""})
+    if tools:
+        section = tools_instructions(tools)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{section}"}
+        else:
+            out.insert(0, {"role": "system", "content": section})
+    return out
+
+
+def _call_block(call: dict[str, Any]) -> str:
+    function = call["function"]
+    arguments = function["arguments"]
+    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    payload = json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+    return f"{HERMES_OPEN}\n{payload}\n{HERMES_CLOSE}"
+
+
 def parse_reply(text: str, chat_template: str | None = None) -> ParsedReply:
     """Split generated `text` into content and tool calls, in the format `chat_template` asks for.
 
@@ -51,7 +116,7 @@ def parse_reply(text: str, chat_template: str | None = None) -> ParsedReply:
         >>> parse_reply('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>').tool_calls[0]["function"]
         {'name': 'add', 'arguments': {'a': 1}}
     """
-    if chat_template is None or HERMES_OPEN in chat_template or HERMES_OPEN in text:
+    if uses_tags(chat_template) or HERMES_OPEN in text:
         return _parse_tagged(text)
     return _parse_bare_json(text)
 
@@ -138,7 +203,7 @@ class ToolCallStream:
     def _safe_prefix(self) -> str:
         """The text before any (possibly partial) tool-call opening; a bare-JSON reply is held whole."""
         start = self.text.lstrip()
-        if start.startswith("{") and not (self.chat_template is None or HERMES_OPEN in self.chat_template):
+        if start.startswith("{") and not uses_tags(self.chat_template):
             return ""
         cut = self.text.find(HERMES_OPEN)
         if cut >= 0:

@@ -10,6 +10,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from templora_memory.tools import as_text_turns, supports_tools
+
 Message = dict[str, Any]
 """A chat-template message: {"role": ..., "content": ...} plus optional tool fields."""
 
@@ -30,10 +32,15 @@ def fingerprint(message: Message) -> str:
 
 
 class ChatRenderer:
-    """Turns messages into token ids with the tokenizer's own chat template."""
+    """Turns messages into token ids with the tokenizer's own chat template.
+
+    A template that renders no tools gets tools, tool calls and tool results written into the message
+    text in the Hermes format (`templora_memory.tools.as_text_turns`).
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
+        self.native_tools = supports_tools(tokenizer.chat_template)
 
     def turn(self, message: Message, previous: Message | None) -> Turn:
         """Render `message` as it appears after `previous` in a conversation (the template's per-turn tokens)."""
@@ -53,6 +60,8 @@ class ChatRenderer:
     def _text(
         self, messages: Sequence[Message], add_generation_prompt: bool = False, tools: list[dict] | None = None
     ) -> str:
+        if not self.native_tools:
+            messages, tools = as_text_turns(list(messages), tools), None
         return self.tokenizer.apply_chat_template(
             list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
         )

@@ -46,3 +46,10 @@ def real_engine() -> MemoryEngine:
     """The embedded SmolLM2-135M-Instruct, loaded once per test session (agents are per test)."""
     config = TempLoraConfig(chunk_tokens=64, window_tokens=128, train_context_tokens=64, max_new_tokens=24)
     return MemoryEngine(config=config)
+
+
+@pytest.fixture(scope="session")
+def real_tool_engine() -> MemoryEngine:
+    """The default model again, with a window wide enough for tool schemas in the system message (~200 tokens each)."""
+    config = TempLoraConfig(chunk_tokens=128, window_tokens=640, train_context_tokens=128, max_new_tokens=64)
+    return MemoryEngine(config=config)

@@ -182,3 +182,29 @@ def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):
     disk = result["disk_mib_per_agent"]
     assert disk["after_conversation"] > 0 and disk["after_one_chunk"] > 0
     assert "switch" in scale.table(result)
+
+
+def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):
+    from templora_memory.bench import constrain
+
+    result = constrain.measure_library("llguidance", tokenizer, repeats=1)
+    assert set(result["cases"]) == set(constrain.CASES)
+    for row in result["cases"].values():
+        assert row["tokens"] > 0 and row["compile_ms"] > 0 and row["mask_us_mean"] > 0
+    assert "unknown library" in constrain.measure_library("no-such-library", tokenizer, 1)["error"]
+
+
+def test_suites_reads_outcomes_and_reasons_from_junit_xml(tmp_path):
+    from templora_memory.bench import suites
+
+    report = tmp_path / "report.xml"
+    report.write_text(
+        '<testsuites><testsuite><testcase classname="t.TestA" name="test_ok"/>'
+        '<testcase classname="t.TestA" name="test_bad"><failure message="assert 1 == 2">x</failure></testcase>'
+        '<testcase classname="t.TestA" name="test_skip"><skipped type="pytest.skip" message="needs x"/></testcase>'
+        '<testcase classname="t.TestA" name="test_xf"><skipped type="pytest.xfail" message="135M"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    tests = suites.read_report(report)
+    assert [t["outcome"] for t in tests] == ["passed", "failed", "skipped", "xfailed"]
+    assert tests[3] == {"name": "TestA::test_xf", "outcome": "xfailed", "reason": "135M"}

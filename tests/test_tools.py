@@ -95,7 +95,7 @@ def scripted(monkeypatch, tool_memory):
     script = {"text": ""}
     tokenizer = tool_memory.engine.tokenizer
 
-    def fake_generate(model, prompt, sampling, eos_ids, cache=None):
+    def fake_generate(model, prompt, sampling, eos_ids, *_, **__):
         prompts.append(tokenizer.decode(prompt))
         yield from tokenizer(script["text"], add_special_tokens=False)["input_ids"]
 
@@ -216,9 +216,24 @@ def test_with_structured_output_goes_through_a_tool_call(tool_memory, scripted, 
     assert result == (Person(name="Ada", age=36) if schema is Person else {"name": "Ada", "age": 36})
 
 
-def test_model_without_tool_template_refuses_tools(tiny_memory):
-    with pytest.raises(InvalidInputError, match="renders no tools"):
-        tiny_memory.bind_tools([add])
+def test_template_without_tools_gets_them_in_the_hermes_format(make_engine, monkeypatch):
+    """The tiny model's ChatML template renders no tools: tools, calls and results are written into the text."""
+    tiny_memory = ParametricMemory(engine=make_engine(window_tokens=600))  # the tools section needs room
+    prompts: list[str] = []
+    tokenizer = tiny_memory.engine.tokenizer
+
+    def fake_generate(model, prompt, sampling, eos_ids, *_, **__):
+        prompts.append(tokenizer.decode(prompt))
+        yield from tokenizer(ADD_CALL, add_special_tokens=False)["input_ids"]
+
+    monkeypatch.setattr(engine_module, "generate_tokens", fake_generate)
+    bound = tiny_memory.bind_tools([add]).bind(agent_id="plain")
+    call = bound.invoke([SystemMessage("You add."), HumanMessage("2 + 3?")])
+    assert [(c["name"], c["args"]) for c in call.tool_calls] == [("add", {"a": 2, "b": 3})]
+    assert prompts[-1].startswith("<|im_start|>system\nYou add.\n\n# Tools") and '"name": "add"' in prompts[-1]
+    bound.invoke([HumanMessage("2 + 3?"), call, ToolMessage("5", tool_call_id=call.tool_calls[0]["id"])])
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}' in prompts[-1]
+    assert "<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>" in prompts[-1]
 
 
 def test_tool_turns_are_written_into_the_adapter(tool_memory, scripted):

@@ -1,4 +1,4 @@
-"""Benchmarks: `templora-memory bench pg19|locomo|cost|scale` (needs the `bench` extra)."""
+"""Benchmarks: `templora-memory bench pg19|locomo|cost|scale|constrain|suites` (needs the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ __all__ = ["add_bench_parser", "main"]
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `bench` with its `pg19`, `locomo` and `cost` subcommands on an argparse subparsers object.
+    """Register `bench` and its subcommands (pg19, locomo, cost, scale, constrain, suites) on argparse subparsers.
 
     Each subcommand sets `run`, a function of the parsed namespace: `args.run(args)` runs it (as cli.py does).
     """
-    from templora_memory.bench import cost, locomo, pg19, scale
+    from templora_memory.bench import constrain, cost, locomo, pg19, scale, suites
 
-    parser = subparsers.add_parser("bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost, scale")
-    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost,scale}")
-    for module in (pg19, locomo, cost, scale):
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost, scale, constrained decoding, standard suites"
+    )
+    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost,scale,constrain,suites}")
+    for module in (pg19, locomo, cost, scale, constrain, suites):
         module.add_parser(benches)
     return parser
 
