@@ -10,7 +10,7 @@ covered by tests/test_langchain_standard.py and tests/test_tool_agent.py.
 from __future__ import annotations
 
 import json
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import pytest
 import torch
@@ -107,11 +107,18 @@ def test_structured_output_always_fits_the_schema(memory, schema, method):
         assert isinstance(person.name, str) and isinstance(person.age, int)
 
 
+class Mood(BaseModel):
+    """A finite answer: the grammar ends it within a few tokens whatever the random model samples."""
+
+    mood: Literal["happy", "sad"]
+
+
 def test_include_raw_keeps_the_message_and_the_parsed_value(memory):
-    structured = memory.with_structured_output(Person, method="json_schema", include_raw=True)
-    result = structured.invoke("Who?", agent_id="raw", seed=0)
-    assert isinstance(result["parsed"], Person) and result["parsing_error"] is None
-    assert Person.model_validate_json(result["raw"].content) == result["parsed"]
+    # a free string field could outrun max_new_tokens on the random tiny model at temperature 1
+    structured = memory.with_structured_output(Mood, method="json_schema", include_raw=True)
+    result = structured.invoke("How are you?", agent_id="raw", seed=0)
+    assert isinstance(result["parsed"], Mood) and result["parsing_error"] is None
+    assert Mood.model_validate_json(result["raw"].content) == result["parsed"]
 
 
 def test_auto_is_not_constrained(memory):

@@ -68,7 +68,7 @@ def test_tool_loop_keeps_calls_with_their_results(tool_memory, monkeypatch):  # 
     replies = iter([ADD_CALL, "It is 5."] * 6)  # the model calls the tool, then answers, each turn
     tokenizer = tool_memory.engine.tokenizer
 
-    def scripted_generate(model, prompt, sampling, eos_ids, **_):
+    def scripted_generate(model, prompt, sampling, eos_ids, *_, **__):
         yield from tokenizer(next(replies), add_special_tokens=False)["input_ids"]
 
     monkeypatch.setattr(engine_module, "generate_tokens", scripted_generate)
