@@ -94,6 +94,10 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     for (question, form, condition), size in prompts.items():
         if condition == "retrieval" and form == "chat":  # same budget as the window, up to turn-boundary effects
             assert size <= prompts[(question, form, "window")] + 8
+        if condition == "adapter_retrieval":  # the retrieval prompt, read with the conversation's adapter
+            assert size == prompts[(question, form, "retrieval")]
+    nll = {(r["question"], r["form"], r["condition"]): r["nll"] for r in result["questions"]}
+    assert any(nll[(q, f, "adapter_retrieval")] != nll[(q, f, "retrieval")] for q, f, _ in nll)
     assert locomo.plot(result, tmp_path / "locomo.png").stat().st_size > 0
 
 
@@ -109,6 +113,21 @@ def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):
             list(generate_tokens(model, prompt, Sampling(max_new_tokens=6), engine.eos_ids))
         )
     assert text == expected.lstrip().split("\n")[0].strip()
+
+
+def test_locomo_answer_with_a_shared_cache_equals_answering_afresh(make_engine):
+    from templora_memory.kv_cache import PromptCache
+
+    engine = make_engine()
+    history = common.ids(engine, "The blacksmith sells swords and shields in Oakridge. ")
+    questions = [common.ids(engine, q) for q in ("Who sells swords? The", "Where is the blacksmith? In", "What?")]
+    gold, cache = common.ids(engine, " blacksmith"), PromptCache()
+    for question in questions:
+        nll, text = locomo.answer(engine, None, history + question, gold, max_tokens=5, cache=cache)
+        assert cache.ids == history + question and cache.past.get_seq_length() == len(cache.ids)
+        fresh_nll, fresh_text = locomo.answer(engine, None, history + question, gold, max_tokens=5)
+        assert nll == pytest.approx(fresh_nll, abs=1e-4) and text == fresh_text
+    assert cache.computed_tokens < 3 * len(history)  # the shared history ran once
 
 
 def test_locomo_f1_is_locomos_metric():

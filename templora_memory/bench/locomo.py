@@ -2,9 +2,10 @@
 
 Each conversation is streamed turn by turn into one agent (speaker_a = user, speaker_b = assistant).
 Each question is then asked as the next user turn ("chat" form) and as "Question: … Answer:" after the
-history as plain text ("plain" form), never written into any adapter, under five conditions:
+history as plain text ("plain" form), never written into any adapter, under six conditions:
 window (no adapter), adapter, control (another conversation's adapter), retrieval (BM25 top-k earlier
-turns + newest turns, same token budget as the window) and full (full history cut to the model context).
+turns + newest turns, same token budget as the window), adapter_retrieval (that prompt with the adapter)
+and full (full history cut to the model context).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch
 from templora_memory.bench import common
 from templora_memory.bench import locomo_data as data
 from templora_memory.engine import MemoryEngine
+from templora_memory.kv_cache import PromptCache
 from templora_memory.window import Message, Turn, window_start
 
 DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
-CONDITIONS = ("window", "adapter", "control", "retrieval", "full")
+CONDITIONS = ("window", "adapter", "control", "retrieval", "adapter_retrieval", "full")
 FORMS = ("chat", "plain")
 
 
@@ -112,8 +114,9 @@ def run(engine, items, max_conversations, max_tokens, max_questions, options: Op
         seen = {line.dia_id for line in dialogue.lines}
         asked = data.questions(item, seen)[:max_questions]
         bar = common.progress(asked, quiet, desc=f"questions {dialogue.name}", unit="q")
+        caches: dict[tuple[str, str], PromptCache] = {}  # per (condition, form): the window prefix is shared
         for question in bar:
-            records.extend(ask_all(engine, dialogue, question, control, options))
+            records.extend(ask_all(engine, dialogue, question, control, options, caches))
     return {
         "benchmark": "locomo",
         "conditions": summarize(records, options),
@@ -148,8 +151,19 @@ def stream(engine: MemoryEngine, item: dict[str, Any], max_tokens: int | None, q
 # ----- asking -----------------------------------------------------------------------------------
 
 
-def ask_all(engine, dialogue: Dialogue, question: data.Question, control: str | None, options: Options) -> list[dict]:
-    """One record per (condition, form): gold-answer NLL, generated answer and its LoCoMo score."""
+def ask_all(
+    engine,
+    dialogue: Dialogue,
+    question: data.Question,
+    control: str | None,
+    options: Options,
+    caches: dict[tuple[str, str], PromptCache] | None = None,
+) -> list[dict]:
+    """One record per (condition, form): gold-answer NLL, generated answer and its LoCoMo score.
+
+    `caches` (one per condition and form, kept across a dialogue's questions) spare recomputing shared prefixes.
+    """
+    caches = caches if caches is not None else {}
     in_window = set(question.evidence) <= {line.dia_id for line in dialogue.lines[dialogue.start :]}
     histories = {
         "window": (None, dialogue.messages[dialogue.start :]),
@@ -160,10 +174,12 @@ def ask_all(engine, dialogue: Dialogue, question: data.Question, control: str | 
     for condition in options.conditions:
         if condition == "control" and control is None:
             continue
-        agent, history = histories.get(condition) or (None, _history(engine, dialogue, question, condition, options))
+        agent = dialogue.agent if condition == "adapter_retrieval" else None
+        agent, history = histories.get(condition) or (agent, _history(engine, dialogue, question, condition, options))
         for form in options.forms:
             prompt, gold = _prompt(engine, dialogue, history, question, form)
-            nll, prediction = answer(engine, agent, prompt, gold, options.answer_tokens)
+            cache = caches.setdefault((condition, form), PromptCache())
+            nll, prediction = answer(engine, agent, prompt, gold, options.answer_tokens, cache)
             records.append(
                 {
                     "conversation": dialogue.name,
@@ -183,7 +199,7 @@ def ask_all(engine, dialogue: Dialogue, question: data.Question, control: str | 
 
 
 def _history(engine, dialogue: Dialogue, question: data.Question, condition: str, options: Options) -> list[Message]:
-    if condition == "retrieval":
+    if condition in ("retrieval", "adapter_retrieval"):
         return retrieved_history(engine, dialogue, question.question, options.top_k)
     limit = min(options.full_tokens or engine.context_tokens, engine.context_tokens)
     budget = limit - options.answer_tokens - 256  # room for the system message, question and headers
@@ -242,21 +258,33 @@ def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Q
 
 @torch.no_grad()
 def answer(
-    engine: MemoryEngine, agent: str | None, prompt: list[int], gold: list[int], max_tokens: int
+    engine: MemoryEngine,
+    agent: str | None,
+    prompt: list[int],
+    gold: list[int],
+    max_tokens: int,
+    cache: PromptCache | None = None,
 ) -> tuple[float, str]:
     """Mean NLL of the gold answer and a greedy one-line answer, from one shared prompt pass.
 
     Nothing is remembered: the agent's adapter is only read. Equal to `engine.log_likelihood` and a greedy
-    `generate_tokens` run on the same prompt, at the cost of one prompt pass instead of two.
+    `generate_tokens` run on the same prompt. A `cache` kept for the same agent across questions holds the
+    previous prompt's states, so only the tokens after the shared prefix (the question) are run again.
     """
+    cache = cache if cache is not None else PromptCache()
     with engine.bank.active(agent) as model:
-        out = model(input_ids=torch.tensor([prompt]), use_cache=True)
-        cache, last = out.past_key_values, out.logits[0, -1:].float()  # last: (1, V)
-        scored = model(input_ids=torch.tensor([gold]), past_key_values=cache, use_cache=True).logits[0, :-1].float()
-        logprobs = torch.log_softmax(torch.cat([last, scored]), dim=-1)  # (G, V): the prediction of each gold token
+        feed = cache.align(prompt)
+        out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True)
+        cache.record(feed, out.past_key_values)
+        last = out.logits[0, -1:].float()  # (1, V)
+        scored = model(input_ids=torch.tensor([gold]), past_key_values=cache.past, use_cache=True).logits[0, :-1]
+        logprobs = torch.log_softmax(torch.cat([last, scored.float()]), dim=-1)  # (G, V): each gold token's odds
         nll = -logprobs.gather(1, torch.tensor(gold).unsqueeze(1)).mean().item()
-        cache.crop(-len(gold))  # drop the gold tokens again
-        return nll, _greedy(engine, model, cache, last[0], max_tokens)
+        cache.past.crop(-len(gold))  # drop the gold tokens again
+        try:
+            return nll, _greedy(engine, model, cache.past, last[0], max_tokens)
+        finally:  # and the generated ones: the cache holds exactly the prompt
+            cache.past.crop(min(0, len(prompt) - cache.past.get_seq_length()))
 
 
 def _greedy(engine: MemoryEngine, model, cache, logits: torch.Tensor, max_tokens: int) -> str:
