@@ -82,7 +82,14 @@ class BackgroundTrainer:
             optimizer.load_state_dict(job.optimizer_state)
         with self.bank.active(_SLOT) as model, seeded(job.seed):
             job.loss = train_chunk(
-                model, job.input_ids, job.labels, optimizer, self.config.epochs, job.first_step, self._lr_at
+                model,
+                job.input_ids,
+                job.labels,
+                optimizer,
+                self.config.epochs,
+                job.first_step,
+                self._lr_at,
+                kl_weight=self.config.kl_weight,
             )
         job.trained = [p.detach().clone() for p in parameters]
         job.trained_optimizer_state = optimizer.state_dict()

@@ -522,7 +522,16 @@ class MemoryEngine:
         seed = self._seed(state.agent_id) + state.chunks_trained + 1
         with self._model_lock, self.bank.active(state.agent_id) as model, seeded(seed):
             optimizer = state.optimizer or self._new_optimizer(state.agent_id)
-            loss = train_chunk(model, input_ids, labels, optimizer, self.config.epochs, state.steps, self._lr_at)
+            loss = train_chunk(
+                model,
+                input_ids,
+                labels,
+                optimizer,
+                self.config.epochs,
+                state.steps,
+                self._lr_at,
+                kl_weight=self.config.kl_weight,
+            )
         state.optimizer = optimizer
         self._account(state, n_tokens, loss, time.perf_counter() - started)
 

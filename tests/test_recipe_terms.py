@@ -1,13 +1,121 @@
-"""LIFT synthetic question–answer pairs on the tiny tokenizer: parsing, dedupe, the QA batch, the chat format."""
+"""The optional training terms on the tiny model: the KL term to the base model, and LIFT synthetic QA pairs."""
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from templora_memory import ConfigError, TempLoraConfig
+from templora_memory.cli import add_config_options, config_from_args
 from templora_memory.synthetic import QAPair, QuestionWriter, parse_pair, qa_batch, unique_pairs
-from templora_memory.trainer import IGNORE_INDEX
+from templora_memory.trainer import IGNORE_INDEX, base_logprobs, chunk_loss, train_chunk
 from templora_memory.window import ChatRenderer
 
 CAT_PAIR = " What is the cat called?\nAnswer: Whiskers\nQuestion: and then"  # as if sampled after "Question:"
 SYSTEM = {"role": "system", "content": "You are the innkeeper."}
+
+
+def _turns(n: int) -> list[dict]:
+    roles = ["user", "assistant"]
+    return [{"role": roles[i % 2], "content": f"turn {i} about the blacksmith"} for i in range(n)]
+
+
+def _train_chunk_before(model, input_ids, labels, optimizer, epochs, first_step, lr_at) -> float:
+    """`train_chunk` as it was before the optional terms, to check that they change nothing when off."""
+    model.train()
+    losses = []
+    try:
+        for epoch in range(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(first_step + epoch)
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    finally:
+        model.eval()
+    return sum(losses) / len(losses)
+
+
+def _kl_to_base(engine, agent_id: str, ids: list[int]) -> float:
+    """Mean KL(p_base ‖ p_adapter) over every next-token prediction of `ids`."""
+    input_ids = torch.tensor([ids])
+    with torch.no_grad(), engine.bank.active(agent_id) as model:
+        reference = base_logprobs(model, input_ids, input_ids)
+        adapted = torch.log_softmax(model(input_ids=input_ids).logits[0, :-1].float(), dim=-1)
+    return F.kl_div(adapted, reference, log_target=True, reduction="batchmean").item()
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"kl_weight": -0.5}, "kl_weight=-0.5: Input should be greater than or equal to 0"),
+        ({"kl_weight": 101.0}, "kl_weight=101.0: Input should be less than or equal to 100"),
+    ],
+)
+def test_new_fields_are_validated(values, expected):
+    with pytest.raises(ConfigError, match="invalid TempLoraConfig") as caught:
+        TempLoraConfig(**values)
+    assert expected in str(caught.value)
+
+
+def test_new_fields_are_off_by_default_and_become_cli_options():
+    assert TempLoraConfig().kl_weight == 0.0
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    assert config_from_args(parser.parse_args(["--kl-weight", "0.5"])).kl_weight == 0.5
+
+
+def test_kl_off_trains_exactly_as_before_without_a_base_forward(make_engine, monkeypatch):
+    before = make_engine(seed=5)
+    monkeypatch.setattr("templora_memory.engine.train_chunk", lambda *args, kl_weight: _train_chunk_before(*args))
+    before.add_turns("a", _turns(8))
+    monkeypatch.setattr("templora_memory.engine.train_chunk", train_chunk)
+
+    def no_base_pass(*args):
+        raise AssertionError("kl_weight=0 must not run the base model")
+
+    monkeypatch.setattr("templora_memory.trainer.base_logprobs", no_base_pass)
+    now = make_engine(seed=5, kl_weight=0.0)
+    now.add_turns("a", _turns(8))
+    assert now.stats("a").chunks_trained >= 3
+    assert now.stats("a").last_loss == before.stats("a").last_loss
+    assert all(torch.equal(a, b) for a, b in zip(now.bank.parameters("a"), before.bank.parameters("a"), strict=True))
+
+
+def test_the_kl_term_adds_to_the_chunk_loss_and_is_zero_for_a_fresh_adapter(make_engine, tokenizer):
+    engine = make_engine()
+    ids = tokenizer("The blacksmith sells swords and shields in Oakridge.", add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor([ids])
+    labels = input_ids.clone()
+    labels[0, :4] = IGNORE_INDEX  # the first tokens are unscored context, as in a real chunk
+    engine.agent("fresh")
+    with torch.no_grad(), engine.bank.active("fresh") as model:
+        reference = base_logprobs(model, input_ids, labels)
+        assert reference.shape == (len(ids) - 4, len(tokenizer))
+        fresh = chunk_loss(model, input_ids, labels, reference, kl_weight=10.0)
+        assert fresh.item() == pytest.approx(chunk_loss(model, input_ids, labels).item(), abs=1e-6)  # LoRA B = 0
+    engine.add_turns("trained", _turns(8))
+    with torch.no_grad(), engine.bank.active("trained") as model:
+        reference = base_logprobs(model, input_ids, labels)
+        ce = chunk_loss(model, input_ids, labels).item()
+        assert chunk_loss(model, input_ids, labels, reference, kl_weight=10.0).item() > ce + 1e-4
+
+
+def test_a_large_kl_weight_keeps_the_adapter_near_the_base_model(make_engine, tokenizer):
+    text = "Once upon a time a traveller asked the innkeeper about the old castle on the hill. " * 4
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    divergence = {}
+    for weight in (0.0, 50.0):
+        engine = make_engine(kl_weight=weight, learning_rate=1e-2, epochs=8, warmup_chunks=0)
+        engine.write_tokens("a", ids)
+        divergence[weight] = _kl_to_base(engine, "a", ids)
+    assert divergence[0.0] > 0.005  # without the term, a high learning rate moves the predictions away
+    assert divergence[50.0] < 0.5 * divergence[0.0]  # measured: 0.004 vs 0.013
 
 
 def test_pairs_are_parsed_from_the_continuation_of_question():
@@ -42,3 +150,15 @@ def test_a_pair_is_rendered_in_the_agents_chat_format(tokenizer):
         "<|im_start|>user\nWhat is the cat called?<|im_end|>\n<|im_start|>assistant\n"
     )
     assert tokenizer.decode(batch.input_ids[0][scored]) == "Whiskers<|im_end|>\n"
+
+
+@pytest.mark.parametrize("terms", [{"kl_weight": 5.0}])
+def test_background_training_with_a_term_writes_what_cascaded_training_writes(make_engine, terms):
+    cascaded, parallel = make_engine(**terms), make_engine(deployment="parallel", **terms)
+    for engine in (cascaded, parallel):
+        engine.add_turns("a", [SYSTEM, *_turns(8)])
+        engine.wait()
+    timing = {"train_seconds", "window_tokens"}
+    assert parallel.stats("a").model_dump(exclude=timing) == cascaded.stats("a").model_dump(exclude=timing)
+    ours, theirs = parallel.bank.parameters("a"), cascaded.bank.parameters("a")
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
