@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from templora_memory.generation import Sampling, generate_tokens
@@ -101,8 +101,8 @@ class QuestionWriter:
         self.eos_ids = eos_ids
         self.count = count
 
-    def write(self, model: nn.Module, chunk: Sequence[int], seed: int) -> list[QAPair]:
-        """Sample `count` pairs about the chunk with `model`'s adapter disabled (a PeftModel); reproducible by seed.
+    def write(self, model: PeftModel, chunk: Sequence[int], seed: int) -> list[QAPair]:
+        """Sample `count` pairs about the chunk with `model`'s adapter disabled; reproducible from `seed`.
 
         Malformed pairs and repeated questions are dropped, so fewer than `count` may come back.
         """
@@ -132,7 +132,7 @@ class QuestionWriter:
         opening = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(opening + "Question:", add_special_tokens=False)["input_ids"]
 
-    def _sample(self, model: nn.Module, prompt: list[int], cache: PromptCache, seed: int) -> str:
+    def _sample(self, model: PeftModel, prompt: list[int], cache: PromptCache, seed: int) -> str:
         """One continuation of the prompt, stopped once the answer's line is complete."""
         sampling = Sampling(max_new_tokens=MAX_PAIR_TOKENS, seed=seed, **SAMPLING)
         ids: list[int] = []

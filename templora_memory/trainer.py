@@ -1,6 +1,7 @@
 """The Temp-Lora update (Algorithm 1, lines 15–18): train on (previous L_T tokens → chunk), loss on the chunk only.
 
-An optional KL term to the base model's predictions (`kl_weight`) joins the chunk's loss.
+Two optional terms join the chunk's loss: a KL term to the base model's predictions (`kl_weight`) and
+synthetic question–answer examples about the chunk (`synthetic_questions`, see `templora_memory.synthetic`).
 """
 
 from __future__ import annotations
@@ -8,10 +9,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+
+if TYPE_CHECKING:
+    from templora_memory.synthetic import QABatch
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
 _RNG_LOCK = threading.RLock()
@@ -94,10 +99,13 @@ def train_chunk(
     lr_at: Callable[[int], float],
     *,
     kl_weight: float = 0.0,
+    questions: QABatch | None = None,
 ) -> float:
     """Run `epochs` optimizer steps on one chunk; returns the mean loss over those steps.
 
-    Each step minimises `chunk_loss`, with the KL term when `kl_weight` > 0.
+    Each step minimises `chunk_loss` (with the KL term when `kl_weight` > 0) plus, given `questions`, the mean NLL
+    of their answer tokens. The two are added rather than pooled into one token mean, so the chunk weighs the
+    same with or without questions and all questions together weigh as much as the chunk, however many there are.
     Only parameters held by `optimizer` change; the caller makes sure those are the agent's LoRA weights.
     """
     reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
@@ -109,9 +117,14 @@ def train_chunk(
                 group["lr"] = lr_at(first_step + epoch)
             loss = chunk_loss(model, input_ids, labels, reference, kl_weight)
             loss.backward()
+            total = loss.item()
+            if questions is not None:  # a second backward adds its gradients: one step on the sum of both losses
+                qa = model(**questions.inputs()).loss  # mean NLL of the answer tokens
+                qa.backward()
+                total += qa.item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(total)
     finally:
         model.eval()
     return sum(losses) / len(losses)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
 
 from templora_memory import ConfigError, TempLoraConfig
+from templora_memory.agent import AgentState
 from templora_memory.cli import add_config_options, config_from_args
 from templora_memory.synthetic import QAPair, QuestionWriter, parse_pair, qa_batch, unique_pairs
 from templora_memory.trainer import IGNORE_INDEX, base_logprobs, chunk_loss, train_chunk
@@ -50,11 +53,31 @@ def _kl_to_base(engine, agent_id: str, ids: list[int]) -> float:
     return F.kl_div(adapted, reference, log_target=True, reduction="batchmean").item()
 
 
+@pytest.fixture
+def fixed_pairs(monkeypatch, tokenizer):
+    """Generation of synthetic pairs returns CAT_PAIR (the random tiny model writes gibberish); records each call."""
+    calls = []
+
+    def fake_generate(model, prompt, sampling, eos_ids, cache=None, constraint=None):
+        disabled = [m.disable_adapters for m in model.modules() if isinstance(m, LoraLayer)]
+        calls.append({"seed": sampling.seed, "base_model": all(disabled), "prompt": tokenizer.decode(prompt)})
+        time.sleep(0.02)
+        yield from tokenizer(CAT_PAIR, add_special_tokens=False)["input_ids"]
+
+    monkeypatch.setattr("templora_memory.synthetic.generate_tokens", fake_generate)
+    return calls
+
+
+# ----- configuration ------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
         ({"kl_weight": -0.5}, "kl_weight=-0.5: Input should be greater than or equal to 0"),
         ({"kl_weight": 101.0}, "kl_weight=101.0: Input should be less than or equal to 100"),
+        ({"synthetic_questions": -1}, "synthetic_questions=-1: Input should be greater than or equal to 0"),
+        ({"synthetic_questions": 17}, "synthetic_questions=17: Input should be less than or equal to 16"),
     ],
 )
 def test_new_fields_are_validated(values, expected):
@@ -64,15 +87,27 @@ def test_new_fields_are_validated(values, expected):
 
 
 def test_new_fields_are_off_by_default_and_become_cli_options():
-    assert TempLoraConfig().kl_weight == 0.0
+    assert TempLoraConfig().kl_weight == 0.0 and TempLoraConfig().synthetic_questions == 0
     parser = argparse.ArgumentParser()
     add_config_options(parser)
-    assert config_from_args(parser.parse_args(["--kl-weight", "0.5"])).kl_weight == 0.5
+    config = config_from_args(parser.parse_args(["--kl-weight", "0.5", "--synthetic-questions", "3"]))
+    assert config.kl_weight == 0.5 and config.synthetic_questions == 3
+
+
+def test_a_record_written_before_questions_were_counted_still_loads():
+    record = AgentState("old").record()
+    del record["counters"]["questions_written"]
+    assert AgentState.from_record("old", record).stats().questions_written == 0
+
+
+# ----- KL to the base model -----------------------------------------------------------------
 
 
 def test_kl_off_trains_exactly_as_before_without_a_base_forward(make_engine, monkeypatch):
     before = make_engine(seed=5)
-    monkeypatch.setattr("templora_memory.engine.train_chunk", lambda *args, kl_weight: _train_chunk_before(*args))
+    monkeypatch.setattr(
+        "templora_memory.engine.train_chunk", lambda *args, kl_weight, questions: _train_chunk_before(*args)
+    )
     before.add_turns("a", _turns(8))
     monkeypatch.setattr("templora_memory.engine.train_chunk", train_chunk)
 
@@ -118,6 +153,9 @@ def test_a_large_kl_weight_keeps_the_adapter_near_the_base_model(make_engine, to
     assert divergence[50.0] < 0.5 * divergence[0.0]  # measured: 0.004 vs 0.013
 
 
+# ----- synthetic question-answer pairs ------------------------------------------------------
+
+
 def test_pairs_are_parsed_from_the_continuation_of_question():
     assert parse_pair(CAT_PAIR) == QAPair("What is the cat called?", "Whiskers")
     assert parse_pair(" Who sells swords?\nAnswer: The blacksmith") == QAPair("Who sells swords?", "The blacksmith")
@@ -152,8 +190,43 @@ def test_a_pair_is_rendered_in_the_agents_chat_format(tokenizer):
     assert tokenizer.decode(batch.input_ids[0][scored]) == "Whiskers<|im_end|>\n"
 
 
-@pytest.mark.parametrize("terms", [{"kl_weight": 5.0}])
-def test_background_training_with_a_term_writes_what_cascaded_training_writes(make_engine, terms):
+def test_no_pair_means_no_batch_and_no_generation(make_engine, tokenizer, fixed_pairs):
+    assert QuestionWriter(tokenizer, ChatRenderer(tokenizer), eos_ids=set(), count=1).batch([SYSTEM], []) is None
+    engine = make_engine()
+    engine.add_turns("a", _turns(8))
+    assert fixed_pairs == [] and engine.stats("a").questions_written == 0
+
+
+def _answer_nll_drop(engine, agent_id: str) -> float:
+    """How much the agent's adapter lowers the NLL of "Whiskers" after the rendered question, vs the base model."""
+    question = {"role": "user", "content": "What is the cat called?"}
+    prompt, answer = engine.renderer.reply([SYSTEM], [question], {"role": "assistant", "content": "Whiskers"})
+    name = len(engine.tokenizer("Whiskers", add_special_tokens=False)["input_ids"])  # the answer's first tokens
+    nll = {who: -sum(engine.log_likelihood(who, prompt, answer)[:name]) for who in (None, agent_id)}
+    return nll[None] - nll[agent_id]
+
+
+@pytest.mark.parametrize("deployment", ["cascaded", "parallel"])
+def test_synthetic_pairs_are_written_by_the_base_model_and_trained(make_engine, fixed_pairs, deployment):
+    drops = {}
+    for count in (0, 2):
+        engine = make_engine(synthetic_questions=count, deployment=deployment)
+        engine.add_turns("a", [SYSTEM, *_turns(8)])
+        engine.wait()
+        stats = engine.stats("a")
+        assert stats.chunks_trained >= 3
+        assert stats.questions_written == (stats.chunks_trained if count else 0)  # the two samples are the same pair
+        drops[count] = _answer_nll_drop(engine, "a")
+    assert engine.agent("a").last_questions == [QAPair("What is the cat called?", "Whiskers")]
+    assert len(fixed_pairs) == 2 * stats.chunks_trained and all(call["base_model"] for call in fixed_pairs)
+    assert len({call["seed"] for call in fixed_pairs}) == len(fixed_pairs)  # each sample drawn from its own seed
+    assert "turn 0 about the blacksmith" in fixed_pairs[0]["prompt"]  # the chunk's text is in the prompt
+    assert stats.train_seconds >= 0.02 * len(fixed_pairs)  # writing the pairs counts as training time
+    assert drops[2] > drops[0] + 0.8  # measured: 1.6 nats with the pairs, 0.3 without
+
+
+@pytest.mark.parametrize("terms", [{"kl_weight": 5.0}, {"synthetic_questions": 2}])
+def test_background_training_with_a_term_writes_what_cascaded_training_writes(make_engine, fixed_pairs, terms):
     cascaded, parallel = make_engine(**terms), make_engine(deployment="parallel", **terms)
     for engine in (cascaded, parallel):
         engine.add_turns("a", [SYSTEM, *_turns(8)])
