@@ -9,9 +9,18 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
+from templora_memory.synthetic import QAPair
 from templora_memory.window import Message, Turn, fingerprint
 
-_COUNTERS = ("steps", "tokens_written", "chunks_trained", "last_loss", "train_seconds", "last_prompt_tokens")
+_COUNTERS = (
+    "steps",
+    "tokens_written",
+    "chunks_trained",
+    "last_loss",
+    "train_seconds",
+    "last_prompt_tokens",
+    "questions_written",
+)
 
 
 class AgentStats(BaseModel):
@@ -28,11 +37,13 @@ class AgentStats(BaseModel):
     chunks_trained: int
     """Temp-Lora updates run so far (k in Algorithm 1)."""
     last_loss: float | None
-    """Mean training loss of the last chunk (None before the first)."""
+    """Mean training loss of the last chunk, its KL and question terms included (None before the first)."""
     window_tokens: int
     """Prompt size of the last call, system message and generation header included."""
     train_seconds: float
-    """Wall-clock seconds spent training this agent's adapter."""
+    """Wall-clock seconds spent training this agent's adapter (writing synthetic questions included)."""
+    questions_written: int
+    """Synthetic question–answer pairs trained with the agent's chunks (`synthetic_questions`)."""
 
 
 @dataclass
@@ -57,6 +68,9 @@ class AgentState:
     last_loss: float | None = None
     train_seconds: float = 0.0
     last_prompt_tokens: int = 0
+    questions_written: int = 0
+    last_questions: list[QAPair] = field(default_factory=list)
+    """The synthetic `QAPair`s trained with the last chunk (RAM only, for inspection)."""
     saved_steps: int = 0
     """Optimizer steps at the last commit of the adapter's weights (so unchanged weights are not rewritten)."""
     backlog: list[Message] = field(default_factory=list)
@@ -102,8 +116,8 @@ class AgentState:
             pending=list(record["pending"]),
             system=list(record["system"]),
         )
-        for name in _COUNTERS:
-            setattr(state, name, record["counters"][name])
+        for name in _COUNTERS:  # a counter added after the record was written keeps its default
+            setattr(state, name, record["counters"].get(name, getattr(state, name)))
         state.saved_steps = state.steps
         return state
 
@@ -118,4 +132,5 @@ class AgentState:
             last_loss=self.last_loss,
             window_tokens=self.last_prompt_tokens,
             train_seconds=round(self.train_seconds, 3),
+            questions_written=self.questions_written,
         )

@@ -20,19 +20,26 @@ from transformers import PreTrainedModel
 
 from templora_memory.adapters import AdapterBank
 from templora_memory.config import TempLoraConfig
+from templora_memory.synthetic import QAPair, QuestionWriter
 from templora_memory.trainer import seeded, train_chunk
+from templora_memory.window import Message
 
 _SLOT = "background-job"  # the replica's one adapter, loaded with each job's weights in turn
 
 
 @dataclass
 class TrainingJob:
-    """One chunk to write: the agent's weights and optimizer state as they were, and the example to train on."""
+    """One chunk to write: the agent's weights and optimizer state as they were, and the example to train on.
+
+    `chunk` and `system` are what synthetic questions are written from and rendered with.
+    """
 
     agent_id: str
     n_tokens: int
     input_ids: torch.Tensor
     labels: torch.Tensor
+    chunk: list[int]
+    system: list[Message]
     weights: list[torch.Tensor]
     optimizer_state: dict[str, Any] | None
     first_step: int
@@ -40,6 +47,7 @@ class TrainingJob:
     done: threading.Event = field(default_factory=threading.Event)
     trained: list[torch.Tensor] | None = None
     trained_optimizer_state: dict[str, Any] | None = None
+    pairs: list[QAPair] = field(default_factory=list)
     loss: float = 0.0
     seconds: float = 0.0
     error: BaseException | None = None
@@ -48,11 +56,18 @@ class TrainingJob:
 class BackgroundTrainer:
     """A worker thread that trains jobs one at a time on a private copy of the base model."""
 
-    def __init__(self, base_copy: PreTrainedModel, config: TempLoraConfig, lr_at: Callable[[int], float]) -> None:
+    def __init__(
+        self,
+        base_copy: PreTrainedModel,
+        config: TempLoraConfig,
+        lr_at: Callable[[int], float],
+        questions: QuestionWriter,
+    ) -> None:
         self.bank = AdapterBank(base_copy, config)
         self.bank.add(_SLOT, seed=0)
         self.config = config
         self._lr_at = lr_at
+        self._questions = questions
         self._jobs: queue.Queue[TrainingJob] = queue.Queue()
         threading.Thread(target=self._work, name="templora-background-trainer", daemon=True).start()
 
@@ -80,10 +95,21 @@ class BackgroundTrainer:
         optimizer = torch.optim.AdamW(parameters, lr=self.config.learning_rate, weight_decay=0.0)
         if job.optimizer_state is not None:
             optimizer.load_state_dict(job.optimizer_state)
-        with self.bank.active(_SLOT) as model, seeded(job.seed):
-            job.loss = train_chunk(
-                model, job.input_ids, job.labels, optimizer, self.config.epochs, job.first_step, self._lr_at
-            )
+        with self.bank.active(_SLOT) as model:
+            job.pairs = self._questions.write(model, job.chunk, job.seed)  # by the replica's base model
+            questions = self._questions.batch(job.system, job.pairs)
+            with seeded(job.seed):
+                job.loss = train_chunk(
+                    model,
+                    job.input_ids,
+                    job.labels,
+                    optimizer,
+                    self.config.epochs,
+                    job.first_step,
+                    self._lr_at,
+                    kl_weight=self.config.kl_weight,
+                    questions=questions,
+                )
         job.trained = [p.detach().clone() for p in parameters]
         job.trained_optimizer_state = optimizer.state_dict()
         job.seconds = time.perf_counter() - begin

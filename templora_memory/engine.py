@@ -38,6 +38,7 @@ from templora_memory.generation import Sampling, StopDecoder, continuation_logit
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.store import FORMAT_VERSION, AgentStore, Weights
+from templora_memory.synthetic import QAPair, QuestionWriter
 from templora_memory.tools import parse_reply
 from templora_memory.trainer import build_example, learning_rate, seeded, train_chunk
 from templora_memory.window import ChatRenderer, Message, Turn, fingerprint, window_start
@@ -82,10 +83,13 @@ class MemoryEngine:
         self.config.check_against_context(self.context_tokens)
         replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
         self.bank = AdapterBank(base, self.config)
-        self._trainer = BackgroundTrainer(replica, self.config, self._lr_at) if replica is not None else None
         self.renderer = ChatRenderer(self.tokenizer)
         self.grammars = GrammarCache(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
+        self._questions = QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions)
+        self._trainer = (
+            BackgroundTrainer(replica, self.config, self._lr_at, self._questions) if replica is not None else None
+        )
         self._rope_shift = RopeShift.of(base) if self.config.attention_sinks else None
         self.max_resident = max_resident
         self._spill = None  # evicted agents go to a private temporary store when the user gave none
@@ -520,23 +524,48 @@ class MemoryEngine:
         input_ids, labels = build_example(state.written, chunk, self.config.train_context_tokens)
         started = time.perf_counter()
         seed = self._seed(state.agent_id) + state.chunks_trained + 1
-        with self._model_lock, self.bank.active(state.agent_id) as model, seeded(seed):
-            optimizer = state.optimizer or self._new_optimizer(state.agent_id)
-            loss = train_chunk(model, input_ids, labels, optimizer, self.config.epochs, state.steps, self._lr_at)
+        with self._model_lock, self.bank.active(state.agent_id) as model:
+            pairs = self._questions.write(model, chunk, seed)  # by the base model: the adapter is disabled inside
+            questions = self._questions.batch(state.system, pairs)
+            with seeded(seed):
+                optimizer = state.optimizer or self._new_optimizer(state.agent_id)
+                loss = train_chunk(
+                    model,
+                    input_ids,
+                    labels,
+                    optimizer,
+                    self.config.epochs,
+                    state.steps,
+                    self._lr_at,
+                    kl_weight=self.config.kl_weight,
+                    questions=questions,
+                )
         state.optimizer = optimizer
-        self._account(state, n_tokens, loss, time.perf_counter() - started)
+        self._account(state, n_tokens, loss, time.perf_counter() - started, pairs)
 
     def _schedule(self, state: AgentState) -> None:
         """Parallel deployment: hand the next full chunk to the background trainer (one job per agent at a time)."""
         if state.job is not None or len(state.pending) < self.config.chunk_tokens:
             return
         n_tokens = self.config.chunk_tokens
-        input_ids, labels = build_example(state.written, state.pending[:n_tokens], self.config.train_context_tokens)
+        chunk = state.pending[:n_tokens]
+        input_ids, labels = build_example(state.written, chunk, self.config.train_context_tokens)
         with self._model_lock:
             weights = [p.detach().clone() for p in self.bank.parameters(state.agent_id)]
         optimizer_state = copy.deepcopy(state.optimizer.state_dict()) if state.optimizer is not None else None
         seed = self._seed(state.agent_id) + state.chunks_trained + 1
-        job = TrainingJob(state.agent_id, n_tokens, input_ids, labels, weights, optimizer_state, state.steps, seed)
+        job = TrainingJob(
+            agent_id=state.agent_id,
+            n_tokens=n_tokens,
+            input_ids=input_ids,
+            labels=labels,
+            chunk=chunk,
+            system=list(state.system),
+            weights=weights,
+            optimizer_state=optimizer_state,
+            first_step=state.steps,
+            seed=seed,
+        )
         state.job = self._trainer.submit(job)
 
     def _finish_training(self, state: AgentState, wait: bool, reschedule: bool = True) -> None:
@@ -553,15 +582,17 @@ class MemoryEngine:
                 parameter.copy_(trained)
         state.optimizer = state.optimizer or self._new_optimizer(state.agent_id)
         state.optimizer.load_state_dict(job.trained_optimizer_state)
-        self._account(state, job.n_tokens, job.loss, job.seconds)
+        self._account(state, job.n_tokens, job.loss, job.seconds, job.pairs)
         if reschedule:
             self._schedule(state)
 
-    def _account(self, state: AgentState, n_tokens: int, loss: float, seconds: float) -> None:
-        """Book a trained chunk: counters, the L_T context of the next one, and a commit."""
+    def _account(self, state: AgentState, n_tokens: int, loss: float, seconds: float, pairs: list[QAPair]) -> None:
+        """Book a trained chunk and the synthetic pairs trained with it: counters, the next L_T context, a commit."""
         chunk = state.pending[:n_tokens]
         state.last_loss = loss
         state.train_seconds += seconds
+        state.last_questions = pairs
+        state.questions_written += len(pairs)
         state.steps += self.config.epochs
         state.chunks_trained += 1
         state.tokens_written += len(chunk)

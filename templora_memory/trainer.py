@@ -1,13 +1,22 @@
-"""The Temp-Lora update (Algorithm 1, lines 15–18): train on (previous L_T tokens → chunk), loss on the chunk only."""
+"""The Temp-Lora update (Algorithm 1, lines 15–18): train on (previous L_T tokens → chunk), loss on the chunk only.
+
+Two optional terms join the chunk's loss: a KL term to the base model's predictions (`kl_weight`) and
+synthetic question–answer examples about the chunk (`synthetic_questions`, see `templora_memory.synthetic`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from peft import PeftModel
+
+if TYPE_CHECKING:
+    from templora_memory.synthetic import QABatch
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
 _RNG_LOCK = threading.RLock()
@@ -47,30 +56,75 @@ def learning_rate(step: int, config_lr: float, warmup_steps: int) -> float:
     return config_lr * min(1.0, (step + 1) / warmup_steps)
 
 
+def _scored(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits (N, V) at the N positions that predict a labelled token: the positions the CE loss scores."""
+    return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
+
+
+@torch.no_grad()
+def base_logprobs(model: PeftModel, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities (N, V) of the base model (adapter disabled) at the chunk's scored positions."""
+    with model.disable_adapter():
+        logits = model(input_ids=input_ids).logits  # (1, T, V)
+    return torch.log_softmax(_scored(logits, labels).float(), dim=-1)
+
+
+def chunk_loss(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    reference: torch.Tensor | None = None,
+    kl_weight: float = 0.0,
+) -> torch.Tensor:
+    """Mean NLL of the chunk's tokens, plus kl_weight × mean KL(p_base ‖ p_adapter) over them given a `reference`.
+
+    `reference` is `base_logprobs` of the same example; the KL is averaged over the same N positions as the NLL.
+    """
+    out = model(input_ids=input_ids, labels=labels)
+    if reference is None:
+        return out.loss
+    log_adapter = torch.log_softmax(_scored(out.logits, labels).float(), dim=-1)  # (N, V)
+    # Σ_v p_base · (log p_base − log p_adapter), averaged over the N positions
+    kl = F.kl_div(log_adapter, reference, log_target=True, reduction="batchmean")
+    return out.loss + kl_weight * kl
+
+
 def train_chunk(
-    model: nn.Module,
+    model: PeftModel,
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     first_step: int,
     lr_at: Callable[[int], float],
+    *,
+    kl_weight: float = 0.0,
+    questions: QABatch | None = None,
 ) -> float:
-    """Run `epochs` optimizer steps on one example; returns the mean loss over those steps.
+    """Run `epochs` optimizer steps on one chunk; returns the mean loss over those steps.
 
+    Each step minimises `chunk_loss` (with the KL term when `kl_weight` > 0) plus, given `questions`, the mean NLL
+    of their answer tokens. The two are added rather than pooled into one token mean, so the chunk weighs the
+    same with or without questions and all questions together weigh as much as the chunk, however many there are.
     Only parameters held by `optimizer` change; the caller makes sure those are the agent's LoRA weights.
     """
+    reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
     model.train()  # LoRA dropout on
     losses = []
     try:
         for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(first_step + epoch)
-            loss = model(input_ids=input_ids, labels=labels).loss  # mean NLL over chunk tokens
+            loss = chunk_loss(model, input_ids, labels, reference, kl_weight)
             loss.backward()
+            total = loss.item()
+            if questions is not None:  # a second backward adds its gradients: one step on the sum of both losses
+                qa = model(**questions.inputs()).loss  # mean NLL of the answer tokens
+                qa.backward()
+                total += qa.item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(total)
     finally:
         model.eval()
     return sum(losses) / len(losses)

@@ -57,6 +57,19 @@ class ChatRenderer:
         text = self._text(messages, add_generation_prompt=True, tools=tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def reply(
+        self, system: Sequence[Message], messages: Sequence[Message], reply: Message
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt before `reply` (generation header included) and of `reply` as the template ends it.
+
+        A template that does not render the conversation as prompt + reply gets the reply's text and eos.
+        """
+        before = self._text([*system, *messages], add_generation_prompt=True)
+        after = self._text([*system, *messages, reply])
+        text = after[len(before) :] if after.startswith(before) else f"{reply['content']}{self.tokenizer.eos_token}"
+        prompt_ids = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        return prompt_ids, self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _text(
         self, messages: Sequence[Message], add_generation_prompt: bool = False, tools: list[dict] | None = None
     ) -> str:
