@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("bm25s")
 pytest.importorskip("matplotlib")
 
-from templora_memory.bench import add_bench_parser, common, cost, locomo, pg19  # noqa: E402
+from templora_memory.bench import add_bench_parser, common, cost, locomo, pg19, recipes  # noqa: E402
 from templora_memory.bench import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
 
@@ -99,6 +99,16 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     nll = {(r["question"], r["form"], r["condition"]): r["nll"] for r in result["questions"]}
     assert any(nll[(q, f, "adapter_retrieval")] != nll[(q, f, "retrieval")] for q, f, _ in nll)
     assert locomo.plot(result, tmp_path / "locomo.png").stat().st_size > 0
+    assert set(result["paired"]) == {f"{a}_vs_{b}" for a, b in locomo.PAIRS}
+    assert all(0 <= share <= 1 for shares in result["paired"].values() for share in shares.values())
+
+    result["run"] = {"config": engine.config.model_dump(), "torch_threads": 1}
+    common.write_json(tmp_path / "recipe.json", result)
+    (row,) = recipes.main(argparse.Namespace(results=[str(tmp_path / "recipe.json")], form="plain", out=None))
+    assert row["nll"]["adapter"] == result["conditions"]["adapter"]["plain"]["nll"]
+    assert row["adapter_vs_control"] == result["paired"]["adapter_vs_control"]["plain"]
+    assert row["recipe"] == {"learning_rate": 1e-2}  # the only recipe field the tiny config changes
+    assert "| learning_rate=0.01 |" in recipes.table([row])
 
 
 def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):

@@ -1,4 +1,4 @@
-"""Benchmarks: `templora-memory bench pg19|locomo|cost|scale|constrain|suites` (needs the `bench` extra)."""
+"""Benchmarks: `templora-memory bench pg19|locomo|recipes|cost|scale|constrain|suites` (needs the `bench` extra)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ __all__ = ["add_bench_parser", "main"]
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `bench` and its subcommands (pg19, locomo, cost, scale, constrain, suites) on argparse subparsers.
+    """Register `bench` and its subcommands (pg19, locomo, recipes, cost, ...) on argparse subparsers.
 
     Each subcommand sets `run`, a function of the parsed namespace: `args.run(args)` runs it (as cli.py does).
     """
-    from templora_memory.bench import constrain, cost, locomo, pg19, scale, suites
+    from templora_memory.bench import constrain, cost, locomo, pg19, recipes, scale, suites
 
     parser = subparsers.add_parser(
-        "bench", help="benchmarks: PG19 perplexity, LoCoMo recall, cost, scale, constrained decoding, standard suites"
+        "bench",
+        help="benchmarks: PG19 perplexity, LoCoMo recall, recipes, cost, scale, constrained decoding, standard suites",
     )
-    benches = parser.add_subparsers(dest="bench", required=True, metavar="{pg19,locomo,cost,scale,constrain,suites}")
-    for module in (pg19, locomo, cost, scale, constrain, suites):
+    benches = parser.add_subparsers(
+        dest="bench", required=True, metavar="{pg19,locomo,recipes,cost,scale,constrain,suites}"
+    )
+    for module in (pg19, locomo, recipes, cost, scale, constrain, suites):
         module.add_parser(benches)
     return parser
 

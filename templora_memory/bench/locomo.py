@@ -120,6 +120,7 @@ def run(engine, items, max_conversations, max_tokens, max_questions, options: Op
     return {
         "benchmark": "locomo",
         "conditions": summarize(records, options),
+        "paired": paired(records),
         "conversations": [_describe(engine, d) for d in dialogues],
         "questions": records,
     }
@@ -317,6 +318,24 @@ def summarize(records: list[dict], options: Options) -> dict[str, Any]:
     return out
 
 
+PAIRS = (("adapter", "window"), ("adapter", "control"), ("control", "window"), ("adapter_retrieval", "retrieval"))
+"""(condition, reference) pairs compared question by question."""
+
+
+def paired(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per pair and form: the share of category 1/2/4 questions whose gold NLL is lower than the reference's."""
+    nll = {(r["conversation"], r["question"], r["form"], r["condition"]): r["nll"] for r in records}
+    scored = {(r["conversation"], r["question"], r["form"]) for r in records if r["category"] in data.SCORED_CATEGORIES}
+    out: dict[str, dict[str, float]] = {}
+    for condition, reference in PAIRS:
+        for form in FORMS:
+            both = [k for k in scored if k[2] == form and (*k, condition) in nll and (*k, reference) in nll]
+            if both:
+                wins = sum(nll[(*k, condition)] < nll[(*k, reference)] for k in both)
+                out.setdefault(f"{condition}_vs_{reference}", {})[form] = round(wins / len(both), 4)
+    return out
+
+
 def _summary(rows: list[dict]) -> dict[str, Any]:
     """nll / f1 over categories 1, 2, 4; per category; questions outside the window; adversarial apart."""
     scored = [r for r in rows if r["category"] in data.SCORED_CATEGORIES]
@@ -372,6 +391,9 @@ def table(result: dict[str, Any]) -> str:
                 f"{name:<10} {form:<6} {_f(s['nll'])} {_f(s['f1'])} {s['n']:>4}  "
                 f"{_f(out['nll'])} {_f(out['f1'])} {out['n']:>5}  {_f(adv['f1'])}"
             )
+    for name, shares in result.get("paired", {}).items():
+        lower = ", ".join(f"{share:.0%} ({form})" for form, share in shares.items())
+        lines.append(f"{name.replace('_vs_', ' vs ')}: lower gold NLL on {lower} of the questions")
     return "\n".join(lines)
 
 
