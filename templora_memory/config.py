@@ -31,7 +31,7 @@ class TempLoraConfig(BaseModel):
     """L_X: the most recent tokens kept in the prompt, system message included (paper: W − Δ)."""
     train_context_tokens: int = Field(512, ge=0, le=32768)
     """L_T: preceding tokens given as (unscored) input when training on a chunk (paper: 1024)."""
-    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     """α: AdamW learning rate of the Temp-Lora module (paper: 5e-5)."""
     epochs: int = Field(2, ge=1, le=100)
     """n: training passes over each chunk (paper: 2)."""

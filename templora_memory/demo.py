@@ -16,6 +16,8 @@ SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the tra
 FACT = "Please remember this, Bram: the password for the cellar door is bluebell."
 QUESTION = "Bram, what is the password for the cellar door?"
 ANSWER = "The password for the cellar door is bluebell."
+KEYWORD = " bluebell."
+"""The part of ANSWER that only memory can supply: its odds after the rest of the answer separate recall from style."""
 SMALL_TALK = [
     "Good evening! Do you have a room for the night?",
     "What is on the menu tonight?",
@@ -30,7 +32,8 @@ SMALL_TALK = [
 
 
 def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> dict[str, float]:
-    """Play the dialogue, then ask about the fact with and without the adapter; returns both log-probabilities."""
+    """Play the dialogue, then ask about the fact with and without the adapter; returns the log-probabilities
+    of the whole answer and of its keyword after the rest, per setup."""
     memory = ParametricMemory(model=model, config=config or TempLoraConfig(**DEMO_CONFIG), agent_id=AGENT)
     engine = memory.engine
     print(
@@ -51,15 +54,23 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
     answer_ids = engine.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
     sampling = Sampling(max_new_tokens=memory.config.max_new_tokens, repetition_penalty=memory.repetition_penalty)
     print(f"\ntraveller: {QUESTION}   (the fact left the prompt; prompt is {len(prompt)} tokens)")
+    answer_start = engine.tokenizer(ANSWER.removesuffix(KEYWORD), add_special_tokens=False)["input_ids"]
+    keyword_ids = engine.tokenizer(KEYWORD, add_special_tokens=False)["input_ids"]
     results = {}
     for label, agent in (("window only (base model)", None), ("window + adapter", AGENT)):
         text = "".join(engine.stream_completion(agent, prompt, sampling)).strip()
         logprob = sum(engine.log_likelihood(agent, prompt, answer_ids))
-        results[label] = logprob
+        keyword = sum(engine.log_likelihood(agent, prompt + answer_start, keyword_ids))
+        results[label], results[f"{label}, keyword"] = logprob, keyword
         print(
             f'  {label:>24}: {text}\n  {"":>24}  log P("{ANSWER}") = {logprob:.2f} '
-            f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e})"
+            f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e}); "
+            f'log P("{KEYWORD.strip()}" | the rest) = {keyword:.2f}'
         )
     gain = results["window + adapter"] - results["window only (base model)"]
-    print(f"\nThe adapter makes the true fact {math.exp(gain):.1f}x more likely ({gain:+.2f} nats).")
+    recall = results["window + adapter, keyword"] - results["window only (base model), keyword"]
+    print(
+        f"\nThe adapter makes the whole answer {math.exp(gain):.2g}x as likely ({gain:+.2f} nats) and the password "
+        f"itself, after the answer's first words, {math.exp(recall):.2g}x as likely ({recall:+.2f} nats)."
+    )
     return results
