@@ -166,17 +166,17 @@ def ask_all(
     """
     caches = caches if caches is not None else {}
     in_window = set(question.evidence) <= {line.dia_id for line in dialogue.lines[dialogue.start :]}
-    histories = {
-        "window": (None, dialogue.messages[dialogue.start :]),
-        "adapter": (dialogue.agent, dialogue.messages[dialogue.start :]),
-        "control": (control, dialogue.messages[dialogue.start :]),
-    }
+    adapters = {"adapter": dialogue.agent, "control": control, "adapter_retrieval": dialogue.agent}
     records = []
     for condition in options.conditions:
         if condition == "control" and control is None:
             continue
-        agent = dialogue.agent if condition == "adapter_retrieval" else None
-        agent, history = histories.get(condition) or (agent, _history(engine, dialogue, question, condition, options))
+        agent = adapters.get(condition)  # None: the base model
+        history = (
+            dialogue.messages[dialogue.start :]
+            if condition in ("window", "adapter", "control")
+            else _history(engine, dialogue, question, condition, options)
+        )
         for form in options.forms:
             prompt, gold = _prompt(engine, dialogue, history, question, form)
             cache = caches.setdefault((condition, form), PromptCache())
