@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from templora_memory.adapters import AdapterBank
 from templora_memory.config import TempLoraConfig
 from templora_memory.synthetic import QAPair, QuestionWriter
-from templora_memory.trainer import seeded, train_chunk
+from templora_memory.trainer import write_chunk
 from templora_memory.window import Message
 
 _SLOT = "background-job"  # the replica's one adapter, loaded with each job's weights in turn
@@ -96,20 +96,18 @@ class BackgroundTrainer:
         if job.optimizer_state is not None:
             optimizer.load_state_dict(job.optimizer_state)
         with self.bank.active(_SLOT) as model:
-            job.pairs = self._questions.write(model, job.chunk, job.seed)  # by the replica's base model
-            questions = self._questions.batch(job.system, job.pairs)
-            with seeded(job.seed):
-                job.loss = train_chunk(
-                    model,
-                    job.input_ids,
-                    job.labels,
-                    optimizer,
-                    self.config.epochs,
-                    job.first_step,
-                    self._lr_at,
-                    kl_weight=self.config.kl_weight,
-                    questions=questions,
-                )
+            job.loss, job.pairs = write_chunk(
+                model,
+                (job.input_ids, job.labels),
+                job.chunk,
+                job.system,
+                optimizer,
+                job.first_step,
+                job.seed,
+                self.config,
+                self._lr_at,
+                self._questions,
+            )
         job.trained = [p.detach().clone() for p in parameters]
         job.trained_optimizer_state = optimizer.state_dict()
         job.seconds = time.perf_counter() - begin

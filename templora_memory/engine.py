@@ -40,7 +40,7 @@ from templora_memory.loading import load_model
 from templora_memory.store import FORMAT_VERSION, AgentStore, Weights
 from templora_memory.synthetic import QAPair, QuestionWriter
 from templora_memory.tools import parse_reply
-from templora_memory.trainer import build_example, learning_rate, seeded, train_chunk
+from templora_memory.trainer import build_example, learning_rate, write_chunk
 from templora_memory.window import ChatRenderer, Message, Turn, fingerprint, window_start
 
 MAX_AGENT_ID_LENGTH = 128
@@ -521,25 +521,23 @@ class MemoryEngine:
         if state.job is not None:
             raise RuntimeError("a chunk is training in the background; finish it before writing synchronously")
         chunk = state.pending[:n_tokens]
-        input_ids, labels = build_example(state.written, chunk, self.config.train_context_tokens)
+        example = build_example(state.written, chunk, self.config.train_context_tokens)
         started = time.perf_counter()
         seed = self._seed(state.agent_id) + state.chunks_trained + 1
         with self._model_lock, self.bank.active(state.agent_id) as model:
-            pairs = self._questions.write(model, chunk, seed)  # by the base model: the adapter is disabled inside
-            questions = self._questions.batch(state.system, pairs)
-            with seeded(seed):
-                optimizer = state.optimizer or self._new_optimizer(state.agent_id)
-                loss = train_chunk(
-                    model,
-                    input_ids,
-                    labels,
-                    optimizer,
-                    self.config.epochs,
-                    state.steps,
-                    self._lr_at,
-                    kl_weight=self.config.kl_weight,
-                    questions=questions,
-                )
+            optimizer = state.optimizer or self._new_optimizer(state.agent_id)
+            loss, pairs = write_chunk(
+                model,
+                example,
+                chunk,
+                state.system,
+                optimizer,
+                state.steps,
+                seed,
+                self.config,
+                self._lr_at,
+                self._questions,
+            )
         state.optimizer = optimizer
         self._account(state, n_tokens, loss, time.perf_counter() - started, pairs)
 

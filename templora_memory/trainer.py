@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from peft import PeftModel
 
 if TYPE_CHECKING:
-    from templora_memory.synthetic import QABatch
+    from templora_memory.config import TempLoraConfig
+    from templora_memory.synthetic import QABatch, QAPair, QuestionWriter
+    from templora_memory.window import Message
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
 _RNG_LOCK = threading.RLock()
@@ -128,3 +130,37 @@ def train_chunk(
     finally:
         model.eval()
     return sum(losses) / len(losses)
+
+
+def write_chunk(
+    model: PeftModel,
+    example: tuple[torch.Tensor, torch.Tensor],
+    chunk: Sequence[int],
+    system: Sequence[Message],
+    optimizer: torch.optim.Optimizer,
+    first_step: int,
+    seed: int,
+    config: TempLoraConfig,
+    lr_at: Callable[[int], float],
+    writer: QuestionWriter,
+) -> tuple[float, list[QAPair]]:
+    """One Temp-Lora update as both deployments run it: the chunk's synthetic pairs, then seeded `train_chunk`.
+
+    `example` is `build_example`'s (input ids, labels); returns the mean loss and the pairs trained with it.
+    """
+    pairs = writer.write(model, chunk, seed)  # by the base model: the adapter is disabled inside
+    questions = writer.batch(system, pairs)
+    input_ids, labels = example
+    with seeded(seed):
+        loss = train_chunk(
+            model,
+            input_ids,
+            labels,
+            optimizer,
+            config.epochs,
+            first_step,
+            lr_at,
+            kl_weight=config.kl_weight,
+            questions=questions,
+        )
+    return loss, pairs

@@ -6,8 +6,8 @@ import pathlib
 import sys
 import time
 
-import templora_memory.engine
 import templora_memory.store
+import templora_memory.trainer
 from templora_memory import MemoryEngine, TempLoraConfig
 from tests.conftest import TINY_CONFIG
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -40,7 +40,7 @@ def main(store: str, phase: str, marker: str) -> None:
     engine = MemoryEngine(config=TempLoraConfig(**TINY_CONFIG), loaded=loaded, store=store)
     engine.add_turns("npc", turns(0, 12))
     if phase == "training":
-        templora_memory.engine.train_chunk = hang(pathlib.Path(marker))
+        templora_memory.trainer.train_chunk = hang(pathlib.Path(marker))
     else:
         templora_memory.store.save_file = hang(pathlib.Path(marker), before=half_written)
     engine.add_turns("npc", turns(12, 24))

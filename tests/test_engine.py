@@ -44,13 +44,13 @@ def test_learning_rate_warms_up_linearly_then_stays():
 def test_chunks_are_written_at_delta_with_previous_tokens_as_input(make_engine, monkeypatch):
     engine = make_engine(chunk_tokens=32, train_context_tokens=16, window_tokens=160)
     seen = []
-    real_train = __import__("templora_memory.engine", fromlist=["train_chunk"]).train_chunk
+    real_train = __import__("templora_memory.trainer", fromlist=["train_chunk"]).train_chunk
 
     def spy(model, input_ids, labels, *args, **kwargs):
         seen.append((input_ids[0].tolist(), labels[0].tolist()))
         return real_train(model, input_ids, labels, *args, **kwargs)
 
-    monkeypatch.setattr("templora_memory.engine.train_chunk", spy)
+    monkeypatch.setattr("templora_memory.trainer.train_chunk", spy)
     messages = _turns(10)
     engine.add_turns("a", messages)
     stream = _stream_tokens(engine, messages)

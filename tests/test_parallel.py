@@ -30,13 +30,13 @@ def test_background_training_writes_exactly_what_cascaded_training_writes(make_e
 def test_a_reply_comes_from_the_previous_adapter_while_a_chunk_trains(make_engine, monkeypatch):
     engine = make_engine(deployment="parallel", window_tokens=160)
     release = threading.Event()
-    real_train = __import__("templora_memory.background", fromlist=["train_chunk"]).train_chunk
+    real_train = __import__("templora_memory.trainer", fromlist=["train_chunk"]).train_chunk
 
     def slow_train(*args, **kwargs):
         assert release.wait(timeout=60), "the test never released training"
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr("templora_memory.background.train_chunk", slow_train)
+    monkeypatch.setattr("templora_memory.trainer.train_chunk", slow_train)
     engine.add_turns("keeper", _turns(4))  # just over one chunk: a job starts and blocks
     assert engine.agent("keeper").job is not None
     before = [p.detach().clone() for p in engine.bank.parameters("keeper")]

@@ -106,10 +106,10 @@ def test_a_record_written_before_questions_were_counted_still_loads():
 def test_kl_off_trains_exactly_as_before_without_a_base_forward(make_engine, monkeypatch):
     before = make_engine(seed=5)
     monkeypatch.setattr(
-        "templora_memory.engine.train_chunk", lambda *args, kl_weight, questions: _train_chunk_before(*args)
+        "templora_memory.trainer.train_chunk", lambda *args, kl_weight, questions: _train_chunk_before(*args)
     )
     before.add_turns("a", _turns(8))
-    monkeypatch.setattr("templora_memory.engine.train_chunk", train_chunk)
+    monkeypatch.setattr("templora_memory.trainer.train_chunk", train_chunk)
 
     def no_base_pass(*args):
         raise AssertionError("kl_weight=0 must not run the base model")
