@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from templora_memory import MemoryEngine, ParametricMemory, TempLoraConfig
 from tests.tiny import tiny_model, tiny_tokenizer
@@ -53,3 +54,12 @@ def real_tool_engine() -> MemoryEngine:
     """The default model again, with a window wide enough for tool schemas in the system message (~200 tokens each)."""
     config = TempLoraConfig(chunk_tokens=128, window_tokens=640, train_context_tokens=128, max_new_tokens=64)
     return MemoryEngine(config=config)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: the tiny model gains nothing from more, and they thrash on a busy 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 
 pytest.importorskip("bm25s")
 pytest.importorskip("matplotlib")
@@ -38,13 +37,7 @@ def _conversation(sample_id: str, speakers: tuple[str, str], sessions: int = 3, 
     return {"sample_id": sample_id, "conversation": conversation, "qa": qa}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model gains nothing from more, and they thrash on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

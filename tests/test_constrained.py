@@ -13,7 +13,6 @@ import json
 from typing import Literal, TypedDict
 
 import pytest
-import torch
 from langchain_core.tools import tool
 from pydantic import BaseModel
 
@@ -25,13 +24,7 @@ from tests.tiny import tiny_model
 SEEDS = range(3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the tiny model gains nothing from more, and they thrash on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @tool
