@@ -10,7 +10,7 @@ covered by tests/test_langchain_standard.py and tests/test_tool_agent.py.
 from __future__ import annotations
 
 import json
-from typing import Literal, TypedDict
+from typing import Literal
 
 import pytest
 from langchain_core.tools import tool
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory, TempLoraConfig
 from templora_memory.constrained import json_grammar, tool_call_grammar
 from templora_memory.generation import Sampling, generate_tokens
+from tests.schemas import Person, PersonDict
 from tests.tiny import tiny_model
 
 SEEDS = range(3)
@@ -43,20 +44,6 @@ def shout(text: str, times: int = 1) -> str:
 def ping() -> str:
     """Ping the server."""
     return "pong"
-
-
-class Person(BaseModel):
-    """A person's name and age."""
-
-    name: str
-    age: int
-
-
-class PersonDict(TypedDict):
-    """A person's name and age."""
-
-    name: str
-    age: int
 
 
 @pytest.fixture

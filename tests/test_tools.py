@@ -8,16 +8,15 @@ streaming, the engine remembering the call, LangChain's structured output — ru
 from __future__ import annotations
 
 import json
-from typing import TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
-from pydantic import BaseModel
 
 import templora_memory.engine as engine_module
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory, TempLoraConfig
 from templora_memory.tools import ToolCallStream, parse_reply, supports_tools
+from tests.schemas import Person, PersonDict
 from tests.tiny import tiny_model, tiny_tokenizer
 
 # A trimmed Qwen2.5 template: tools in the system turn, calls as <tool_call> blocks, results as <tool_response>.
@@ -62,20 +61,6 @@ def add(a: int, b: int) -> int:
 def shout(text: str) -> str:
     """Upper-case a text."""
     return text.upper()
-
-
-class Person(BaseModel):
-    """A person's name and age."""
-
-    name: str
-    age: int
-
-
-class PersonDict(TypedDict):
-    """A person's name and age."""
-
-    name: str
-    age: int
 
 
 @pytest.fixture
