@@ -1,22 +1,17 @@
 """An agent chain: LangChain's `create_agent` on the default model, old turns moved into the agent's adapter.
 
-python examples/agent_chain.py --turns 6
+python -m examples.agent_chain --turns 6
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from langchain.agents import create_agent  # noqa: E402
-from langchain_core.messages import HumanMessage  # noqa: E402
-from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
-
-from examples._common import memory, parser  # noqa: E402
-from integrations.langchain_middleware import ParametricMemoryMiddleware  # noqa: E402
-from templora_memory import AgentStats, MemoryEngine  # noqa: E402
+from examples._common import memory, parser
+from templora_memory import AgentStats, MemoryEngine
 
 FACTS = [
     "My name is Mara and I run the bakery on Elm Street.",

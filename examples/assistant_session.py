@@ -1,17 +1,12 @@
 """A long-running assistant session: the prompt stays within the window while the adapter takes the rest.
 
-python examples/assistant_session.py --turns 12
+python -m examples.assistant_session --turns 12
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from examples._common import memory, parser  # noqa: E402
-from templora_memory import AgentStats, MemoryEngine  # noqa: E402
+from examples._common import memory, parser
+from templora_memory import AgentStats, MemoryEngine
 
 NOTES = [
     "Note for later: my dentist appointment is on Thursday at 9.",
@@ -32,7 +27,7 @@ def main(argv: list[str] | None = None, engine: MemoryEngine | None = None) -> A
         stats = assistant.stats()
         print(
             f"[{turn + 1}] user: {line}\n    assistant: {reply.content}\n"
-            f"    prompt {stats.window_tokens} tokens, {stats.tokens_written} written, {stats.chunks_trained} chunks"
+            f"    prompt {stats.prompt_tokens} tokens, {stats.tokens_written} written, {stats.chunks_trained} chunks"
         )
     print(f"window now holds {len(history.messages)} messages")
     return assistant.stats()

@@ -1,19 +1,14 @@
 """An NPC dialogue loop: several NPCs share one base model, each remembering in its own adapter.
 
-python examples/npc_dialogue.py --turns 4
+python -m examples.npc_dialogue --turns 4
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from langchain_core.messages import HumanMessage, SystemMessage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from langchain_core.messages import HumanMessage, SystemMessage  # noqa: E402
-
-from examples._common import memory, parser  # noqa: E402
-from templora_memory import AgentStats, MemoryEngine  # noqa: E402
+from examples._common import memory, parser
+from templora_memory import AgentStats, MemoryEngine
 
 NPCS = {
     "blacksmith": "You are Brom, the blacksmith of Oakridge. You sell swords and shields. Answer in one sentence.",

@@ -16,7 +16,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory
-from templora_memory.messages import to_template
+from templora_memory.langchain_messages import to_template
 
 __all__ = ["ParametricMemoryMiddleware"]
 
@@ -76,11 +76,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
 
     def _sizes(self, messages: Sequence[AnyMessage]) -> list[int]:
         """Tokens each message takes in the prompt, rendered by the model's chat template."""
-        rendered, previous = [], None
-        for message in to_template(messages):
-            rendered.append(len(self.engine.renderer.turn(message, previous).tokens))
-            previous = message
-        return rendered
+        return self.engine.turn_tokens(to_template(messages))
 
     def _write(self, evicted: Sequence[AnyMessage]) -> None:
         """Hand the evicted turns the memory has not seen yet to the agent's adapter."""

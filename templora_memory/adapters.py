@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -13,13 +12,9 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import PreTrainedModel
 
 from templora_memory.config import TempLoraConfig
+from templora_memory.errors import TemploraError
 
 _PLACEHOLDER = "templora_placeholder"  # peft needs one adapter to exist; this rank-1 one is never trained or used
-
-
-def adapter_name(agent_id: str) -> str:
-    """A valid, collision-resistant module name for an agent's adapter."""
-    return "agent_" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
 
 
 def lora_config(config: TempLoraConfig) -> LoraConfig:
@@ -58,7 +53,7 @@ class AdapterBank:
         agents that left RAM are reused: bringing an agent back then costs a weight copy.
         """
         if agent_id in self._names:
-            raise ValueError(f"agent '{agent_id}' already has an adapter")
+            raise TemploraError(f"agent '{agent_id}' already has an adapter")
         name = self._free.pop() if self._free else self._create_slot()
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():

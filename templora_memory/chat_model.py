@@ -29,14 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import ANY_OBJECT, closed, json_grammar
-from templora_memory.engine import MemoryEngine, Reply
+from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling
 from templora_memory.history import AgentChatHistory
-from templora_memory.messages import from_template, to_template
-from templora_memory.tools import ParsedReply, ToolCallStream, parse_reply, required_call_grammar
-
-REQUIRED_CHOICES = ("any", "required", True)
+from templora_memory.langchain_messages import from_template, to_template
+from templora_memory.offer import ToolOffer, is_required, offered_tools
+from templora_memory.replies import Reply
+from templora_memory.tools import required_call_grammar
 
 
 class ParametricMemory(BaseChatModel):
@@ -175,8 +175,8 @@ class ParametricMemory(BaseChatModel):
             >>> agent = memory.bind_tools([get_weather], tool_choice="any").bind(agent_id="npc-7")  # doctest: +SKIP
             >>> agent.invoke("Weather in Paris?").tool_calls  # doctest: +SKIP
         """
-        formatted = _offered([convert_to_openai_tool(tool) for tool in tools], tool_choice)
-        if tool_choice in REQUIRED_CHOICES or isinstance(tool_choice, dict) or _names_tool(tool_choice):
+        formatted = offered_tools([convert_to_openai_tool(tool) for tool in tools], tool_choice)
+        if is_required(tool_choice):
             self._check_compiles(formatted)
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
@@ -235,14 +235,6 @@ class ParametricMemory(BaseChatModel):
             except InvalidInputError as exc:
                 raise InvalidInputError(f"tool {tool['function']['name']!r}: {exc}") from None
 
-    def _grammar(self, tools: list[dict[str, Any]] | None, choice: Any, response_format: Any) -> str | None:
-        """The grammar a call is generated under: its JSON response format, a required tool call, or none."""
-        if response_format is not None:
-            return json_grammar(_response_schema(response_format))
-        if tools and (choice in REQUIRED_CHOICES or isinstance(choice, dict) or _names_tool(choice)):
-            return required_call_grammar(tools, self._engine.tokenizer.chat_template)
-        return None
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -251,26 +243,20 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        tools, grammar = self._call_options(kwargs)
-        splitter = ToolCallStream(self._engine.tokenizer.chat_template) if tools else None
-        reply = Reply()
-        stop = stop or self.stop or ()
-        pieces = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop, reply, tools=tools, grammar=grammar
+        offer = self._offer(kwargs)
+        stream = self._engine.respond(
+            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), offer
         )
-        for piece in pieces:
-            piece = splitter.push(piece) if splitter else piece
-            if not piece:
-                continue
+        for piece in stream:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        rest, parsed = splitter.finish() if splitter else ("", None)
+        reply = stream.reply
         yield ChatGenerationChunk(
             message=AIMessageChunk(
-                content=rest,
-                tool_call_chunks=_call_chunks(reply, parsed),
+                content="",
+                tool_call_chunks=_call_chunks(reply),
                 usage_metadata=_usage(reply),
                 response_metadata=self._metadata(agent_id, reply),
                 chunk_position="last",
@@ -318,34 +304,32 @@ class ParametricMemory(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        tools, grammar = self._call_options(kwargs)
-        reply = Reply()
-        stop = stop or self.stop or ()
-        pieces = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop, reply, tools=tools, grammar=grammar
+        offer = self._offer(kwargs)
+        stream = self._engine.respond(
+            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), offer
         )
-        for _ in pieces:
-            pass
+        reply = stream.result()
         # the message the engine remembered, so a caller sending it back is recognised as seen
-        remembered = from_template(reply.message or {"role": "assistant", "content": reply.text})
-        invalid = parse_reply(reply.text, self._engine.tokenizer.chat_template).invalid_calls if tools else []
+        remembered = from_template(reply.message())
         message = AIMessage(
             remembered.content,
             tool_calls=remembered.tool_calls,
-            invalid_tool_calls=[{**call, "type": "invalid_tool_call"} for call in invalid],
+            invalid_tool_calls=[{**call, "type": "invalid_tool_call"} for call in reply.invalid_calls],
             usage_metadata=_usage(reply),
             response_metadata=self._metadata(agent_id, reply),
         )
         generation = ChatGeneration(message=message, generation_info={"finish_reason": reply.finish_reason})
         return ChatResult(generations=[generation])
 
-    def _call_options(self, kwargs: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None]:
-        """Pop a call's tool options: the tools on offer (None when none or tool_choice is "none") and its grammar."""
-        tools, choice = kwargs.pop("tools", None), kwargs.pop("tool_choice", None)
-        response_format = kwargs.pop("response_format", None)
+    def _offer(self, kwargs: dict[str, Any]) -> ToolOffer:
+        """Pop a call's tool options (tools, tool_choice, response_format) into the engine's `ToolOffer`."""
         kwargs.pop("ls_structured_output_format", None)
-        tools = tools if tools and choice not in ("none", False) else None
-        return tools, self._grammar(tools, choice, response_format)
+        return ToolOffer.of(
+            kwargs.pop("tools", None),
+            kwargs.pop("tool_choice", None),
+            kwargs.pop("response_format", None),
+            self._engine.tokenizer.chat_template,
+        )
 
     def _sampling(self, overrides: dict[str, Any]) -> Sampling:
         return Sampling(
@@ -376,23 +360,6 @@ def _usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def _offered(tools: list[dict[str, Any]], tool_choice: str | bool | dict | None) -> list[dict[str, Any]]:
-    """The tools a `tool_choice` leaves on offer; a named tool must be one of `tools`."""
-    if tool_choice in (None, "auto", "any", "required", True, False, "none"):
-        return tools
-    name = tool_choice["function"]["name"] if isinstance(tool_choice, dict) else tool_choice
-    chosen = [tool for tool in tools if tool["function"]["name"] == name]
-    if not chosen:
-        names = ", ".join(tool["function"]["name"] for tool in tools)
-        raise InvalidInputError(f"tool_choice={tool_choice!r} names no bound tool; choose one of: {names}")
-    return chosen
-
-
-def _names_tool(choice: Any) -> bool:
-    """True if `tool_choice` names one tool (a plain tool name)."""
-    return isinstance(choice, str) and choice not in ("auto", "none", "any", "required")
-
-
 def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
     """The JSON schema of a Pydantic class, a TypedDict or a JSON schema dict (an OpenAI tool's parameters too)."""
     if isinstance(schema, dict) and "function" in schema:
@@ -402,30 +369,14 @@ def _json_schema(schema: dict[str, Any] | type) -> dict[str, Any]:
     return convert_to_json_schema(schema)
 
 
-def _response_schema(response_format: Any) -> dict[str, Any]:
-    """The JSON schema of a `response_format`: {"type": "json_object"}, OpenAI's {"type": "json_schema"}, a schema."""
-    if not isinstance(response_format, dict):
-        raise InvalidInputError(
-            f"response_format must be a JSON schema dict or {{'type': 'json_object'}}, got {response_format!r:.60}"
-        )
-    if response_format.get("type") == "json_object":
-        return ANY_OBJECT
-    if response_format.get("type") == "json_schema" and "json_schema" in response_format:
-        return response_format["json_schema"].get("schema", ANY_OBJECT)
-    return response_format
-
-
-def _call_chunks(reply: Reply, parsed: ParsedReply | None) -> list[dict[str, Any]]:
+def _call_chunks(reply: Reply) -> list[dict[str, Any]]:
     """Tool calls of a streamed reply as `tool_call_chunks` (ids as remembered; invalid ones keep raw args)."""
-    if parsed is None:
-        return []
-    calls = (reply.message or {}).get("tool_calls", [])
     chunks = [
         {"name": c["function"]["name"], "args": json.dumps(c["function"]["arguments"]), "id": c["id"], "index": i}
-        for i, c in enumerate(calls)
+        for i, c in enumerate(reply.tool_calls)
     ]
     chunks += [
-        {"name": c["name"], "args": c["args"], "id": c["id"], "index": len(calls) + i}
-        for i, c in enumerate(parsed.invalid_calls)
+        {"name": c["name"], "args": c["args"], "id": c["id"], "index": len(chunks) + i}
+        for i, c in enumerate(reply.invalid_calls)
     ]
     return [{**chunk, "type": "tool_call_chunk"} for chunk in chunks]

@@ -1,36 +1,12 @@
-"""The `templora-memory` command: chat with an agent, run the demo, run benchmarks."""
+"""The `templora-memory` command: chat with an agent or run the demo (benchmarks: `python -m benchmarks`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-import typing
 
-from templora_memory.config import TempLoraConfig
+from templora_memory.config import add_config_options, config_from_args
 from templora_memory.errors import TemploraError
-
-
-def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
-    """One `--field-name` option per `TempLoraConfig` field, documented by the field's docstring."""
-    group = parser.add_argument_group("Temp-Lora config")
-    for name, field in TempLoraConfig.model_fields.items():
-        default = defaults.get(name, field.default)
-        flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: {default})".replace("%", "%%")
-        if field.annotation is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-            continue
-        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-        kind = field.annotation if field.annotation in (int, float) else str if choices else _modules
-        group.add_argument(flag, type=kind, choices=choices, default=default, help=text)
-
-
-def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
-    """Build the config from the options `add_config_options` added."""
-    return TempLoraConfig(**{name: getattr(args, name) for name in TempLoraConfig.model_fields})
-
-
-def _modules(value: str) -> str | list[str]:
-    return value if value == "all-linear" else [m.strip() for m in value.split(",") if m.strip()]
 
 
 def _chat(args: argparse.Namespace) -> None:
@@ -81,12 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_options(demo, **DEMO_CONFIG)
     demo.set_defaults(run=_demo)
-    try:
-        from templora_memory.bench import add_bench_parser
-    except ImportError:  # benchmarks need the `bench` extra
-        pass
-    else:
-        add_bench_parser(commands)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -114,3 +116,27 @@ def _describe(exc: ValidationError) -> str:
             message = f"{field}={error.get('input')!r}: {message}"
         lines.append(message)
     return "invalid TempLoraConfig: " + "; ".join(lines)
+
+
+def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
+    """One `--field-name` option per `TempLoraConfig` field, documented by the field's docstring."""
+    group = parser.add_argument_group("Temp-Lora config")
+    for name, field in TempLoraConfig.model_fields.items():
+        default = defaults.get(name, field.default)
+        flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: {default})".replace("%", "%%")
+        if field.annotation is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        kind = field.annotation if field.annotation in (int, float) else str if choices else _modules
+        group.add_argument(flag, type=kind, choices=choices, default=default, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
+    """Build the config from the options `add_config_options` added."""
+    return TempLoraConfig(**{name: getattr(args, name) for name in TempLoraConfig.model_fields})
+
+
+def _modules(value: str) -> str | list[str]:
+    """`--target-modules`: "all-linear" or comma-separated module names."""
+    return value if value == ALL_LINEAR else [m.strip() for m in value.split(",") if m.strip()]

@@ -2,7 +2,7 @@
 
 A grammar is compiled once per tokenizer and grammar text (`GrammarCache`); each generation gets its
 own `Constraint`, which masks the logits of every token the grammar forbids before the token is picked
-and advances on the picked token. llguidance was chosen by measurement (`templora-memory bench
+and advances on the picked token. llguidance was chosen by measurement (`python -m benchmarks
 constrain`, docs/benchmarks.md): it compiles a schema in about a millisecond where xgrammar and
 outlines-core take up to 0.5 s and 11 s, its per-token mask costs well under 1 % of a forward pass,
 and it installs as one wheel with no dependencies.

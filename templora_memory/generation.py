@@ -23,6 +23,8 @@ class Sampling:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
+    """Generate exactly `max_new_tokens` (end-of-sequence tokens are kept going past), e.g. to time replies."""
 
 
 @torch.no_grad()
@@ -59,7 +61,7 @@ def generate_tokens(
         if constraint is not None:
             constraint.mask(logits)
         token = _pick(logits, seen, sampling, generator)
-        if token in eos_ids:
+        if token in eos_ids and not sampling.ignore_eos:
             return
         yield token
         if constraint is not None:

@@ -8,7 +8,7 @@ from langchain_core.chat_history import BaseChatMessageHistory
 from langchain_core.messages import BaseMessage
 
 from templora_memory.engine import MemoryEngine
-from templora_memory.messages import from_template, to_template
+from templora_memory.langchain_messages import from_template, to_template
 
 
 class AgentChatHistory(BaseChatMessageHistory):

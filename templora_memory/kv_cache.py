@@ -99,6 +99,16 @@ class PromptCache:
             return 0
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.past.layers)
 
+    def stats(self) -> dict[str, int]:
+        """What the cache did and holds: tokens computed, held, evicted, and its bytes (`AgentStats` fields)."""
+        held = self.past.get_seq_length() if self.past is not None else 0
+        return {
+            "computed_tokens": self.computed_tokens,
+            "cached_tokens": held,
+            "evicted_tokens": self.evicted_tokens,
+            "kv_cache_bytes": self.nbytes(),
+        }
+
     def clear(self) -> None:
         """Forget every cached state (the next call computes its whole prompt)."""
         self.ids, self.past = [], None

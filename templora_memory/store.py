@@ -15,6 +15,7 @@ intact, and turns received after it are replayed from the journal on the next lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -38,6 +39,11 @@ STATE = "state.json"
 JOURNAL = "journal.jsonl"
 CURRENT = "CURRENT"
 WEIGHT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, OPTIMIZER)
+
+
+def store_key(agent_id: str) -> str:
+    """The agent's directory name in a store: a hash of its id, so no id can reach outside the store."""
+    return "agent_" + hashlib.sha256(agent_id.encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -81,7 +87,7 @@ class AgentStore:
     # ----- reading ------------------------------------------------------------------------
 
     def directory(self, key: str) -> Path:
-        """The agent's directory (`key` is its adapter name, a hash of the id)."""
+        """The agent's directory (`key` is its `store_key`, a hash of the id)."""
         return self.root / "agents" / key
 
     def has(self, key: str) -> bool:

@@ -12,14 +12,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from templora_memory.conversation import ChatRenderer
 from templora_memory.generation import Sampling, generate_tokens
 from templora_memory.kv_cache import PromptCache
-from templora_memory.trainer import IGNORE_INDEX
-from templora_memory.window import ChatRenderer, Message
+from templora_memory.message import Message
+from templora_memory.trainer import LabelledBatch, padded_batch
 
 INSTRUCTION = "Write one question about a fact stated above, and its short answer."
 """Asked after the chunk's text, in a user turn; the assistant's reply is started with "Question:"."""
@@ -43,19 +43,6 @@ class QAPair:
     answer: str
 
 
-@dataclass(frozen=True)
-class QABatch:
-    """Right-padded QA examples, each of shape (B, T); labels are -100 on the prompt and the padding."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    attention_mask: torch.Tensor
-
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """The model's keyword arguments for this batch (loss on the labelled tokens only)."""
-        return {"input_ids": self.input_ids, "labels": self.labels, "attention_mask": self.attention_mask}
-
-
 def parse_pair(text: str) -> QAPair | None:
     """The pair in a continuation of "Question:" ("<question>\\nAnswer: <answer>"), or None if malformed."""
     match = _PAIR.match(text)
@@ -74,20 +61,6 @@ def unique_pairs(pairs: Sequence[QAPair | None]) -> list[QAPair]:
         seen.add(key)
         kept.append(pair)
     return kept
-
-
-def qa_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> QABatch:
-    """Pad (prompt ids, answer ids) examples on the right into one batch, labelling the answer tokens only."""
-    width = max(len(prompt) + len(answer) for prompt, answer in examples)
-    input_ids = torch.zeros(len(examples), width, dtype=torch.long)  # pad id 0: masked out, never scored
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros(len(examples), width, dtype=torch.long)
-    for row, (prompt, answer) in enumerate(examples):
-        ids = list(prompt) + list(answer)
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, len(prompt) : len(ids)] = torch.tensor(list(answer))
-        attention_mask[row, : len(ids)] = 1
-    return QABatch(input_ids, labels, attention_mask)
 
 
 class QuestionWriter:
@@ -115,11 +88,11 @@ class QuestionWriter:
             texts = [self._sample(model, prompt, cache, seed * 16 + i) for i in range(self.count)]
         return unique_pairs([parse_pair(t) for t in texts])
 
-    def batch(self, system: Sequence[Message], pairs: Sequence[QAPair]) -> QABatch | None:
+    def batch(self, system: Sequence[Message], pairs: Sequence[QAPair]) -> LabelledBatch | None:
         """The pairs as chat examples after the agent's system message (None when there is no pair)."""
         if not pairs:
             return None
-        return qa_batch([self._example(system, pair) for pair in pairs])
+        return padded_batch([self._example(system, pair) for pair in pairs])
 
     def _prompt(self, text: str) -> list[int]:
         """The chat asking for a pair: the worked example, then the chunk's text, the reply opened with "Question:"."""

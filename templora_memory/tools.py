@@ -19,13 +19,13 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from templora_memory.constrained import tool_call_grammar
+from templora_memory.message import Message
 
-if TYPE_CHECKING:
-    from templora_memory.window import Message
-
+ToolSchema = dict[str, Any]
+"""An OpenAI-style tool: {"type": "function", "function": {"name", "description", "parameters"}}."""
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
 TOOLS_INSTRUCTIONS = """# Tools
 
@@ -67,7 +67,7 @@ def uses_tags(chat_template: str | None) -> bool:
     return chat_template is None or not supports_tools(chat_template) or HERMES_OPEN in chat_template
 
 
-def required_call_grammar(tools: list[dict[str, Any]], chat_template: str | None) -> str:
+def required_call_grammar(tools: list[ToolSchema], chat_template: str | None) -> str:
     """The grammar forcing one call of one of `tools`, in the format `chat_template` asks for."""
     if uses_tags(chat_template):
         return tool_call_grammar(tools, tagged=True)
@@ -75,12 +75,12 @@ def required_call_grammar(tools: list[dict[str, Any]], chat_template: str | None
     return tool_call_grammar(tools, tagged=False, arguments_key=key)
 
 
-def tools_instructions(tools: list[dict[str, Any]]) -> str:
+def tools_instructions(tools: list[ToolSchema]) -> str:
     """The Hermes-format tools section for the system message of a template that renders no tools."""
     return TOOLS_INSTRUCTIONS.format(tools="\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools))
 
 
-def as_text_turns(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
+def as_text_turns(messages: list[Message], tools: list[ToolSchema] | None) -> list[Message]:
     """Messages for a template that renders no tools: tools, calls and results written into the text (Hermes)."""
     out: list[Message] = []
     for message in messages:

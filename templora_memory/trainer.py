@@ -1,27 +1,57 @@
 """The Temp-Lora update (Algorithm 1, lines 15–18): train on (previous L_T tokens → chunk), loss on the chunk only.
 
 Two optional terms join the chunk's loss: a KL term to the base model's predictions (`kl_weight`) and
-synthetic question–answer examples about the chunk (`synthetic_questions`, see `templora_memory.synthetic`).
+extra labelled examples trained in the same step (the synthetic question–answer pairs of
+`templora_memory.synthetic`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
-if TYPE_CHECKING:
-    from templora_memory.config import TempLoraConfig
-    from templora_memory.synthetic import QABatch, QAPair, QuestionWriter
-    from templora_memory.window import Message
+from templora_memory.config import TempLoraConfig
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
 _RNG_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """Right-padded examples, each of shape (B, T); labels are -100 where no loss is taken (prompt, padding)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for this batch (loss on the labelled tokens only)."""
+        return {"input_ids": self.input_ids, "labels": self.labels, "attention_mask": self.attention_mask}
+
+
+def padded_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> LabelledBatch:
+    """Pad (prompt ids, answer ids) examples on the right into one batch, labelling the answer tokens only."""
+    width = max(len(prompt) + len(answer) for prompt, answer in examples)
+    input_ids = torch.zeros(len(examples), width, dtype=torch.long)  # pad id 0: masked out, never scored
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros(len(examples), width, dtype=torch.long)
+    for row, (prompt, answer) in enumerate(examples):
+        ids = list(prompt) + list(answer)
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, len(prompt) : len(ids)] = torch.tensor(list(answer))
+        attention_mask[row, : len(ids)] = 1
+    return LabelledBatch(input_ids, labels, attention_mask)
+
+
+def new_optimizer(parameters: Sequence[torch.nn.Parameter], config: TempLoraConfig) -> torch.optim.Optimizer:
+    """AdamW over an agent's LoRA parameters (one per agent, kept across chunks)."""
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
 
 
 @contextlib.contextmanager
@@ -51,11 +81,12 @@ def build_example(
     return input_ids, labels
 
 
-def learning_rate(step: int, config_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up from 0 to α over the first `warmup_steps` optimizer steps, then constant (paper §3)."""
+def learning_rate(step: int, config: TempLoraConfig) -> float:
+    """Linear warm-up from 0 to α over the first `warmup_chunks` chunks' optimizer steps, then constant (paper §3)."""
+    warmup_steps = config.warmup_chunks * config.epochs
     if warmup_steps <= 0:
-        return config_lr
-    return config_lr * min(1.0, (step + 1) / warmup_steps)
+        return config.learning_rate
+    return config.learning_rate * min(1.0, (step + 1) / warmup_steps)
 
 
 def _scored(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -96,71 +127,35 @@ def train_chunk(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
-    epochs: int,
+    config: TempLoraConfig,
     first_step: int,
-    lr_at: Callable[[int], float],
-    *,
-    kl_weight: float = 0.0,
-    questions: QABatch | None = None,
+    extra: LabelledBatch | None = None,
 ) -> float:
-    """Run `epochs` optimizer steps on one chunk; returns the mean loss over those steps.
+    """Run `config.epochs` optimizer steps on one chunk; returns the mean loss over those steps.
 
-    Each step minimises `chunk_loss` (with the KL term when `kl_weight` > 0) plus, given `questions`, the mean NLL
-    of their answer tokens. The two are added rather than pooled into one token mean, so the chunk weighs the
-    same with or without questions and all questions together weigh as much as the chunk, however many there are.
+    Each step minimises `chunk_loss` (with the KL term when `kl_weight` > 0) plus, given `extra` examples, the mean
+    NLL of their labelled tokens. The two are added rather than pooled into one token mean, so the chunk weighs the
+    same with or without extra examples and all of them together weigh as much as the chunk, however many there are.
     Only parameters held by `optimizer` change; the caller makes sure those are the agent's LoRA weights.
     """
+    kl_weight = config.kl_weight
     reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
     model.train()  # LoRA dropout on
     losses = []
     try:
-        for epoch in range(epochs):
+        for epoch in range(config.epochs):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(first_step + epoch)
+                group["lr"] = learning_rate(first_step + epoch, config)
             loss = chunk_loss(model, input_ids, labels, reference, kl_weight)
             loss.backward()
             total = loss.item()
-            if questions is not None:  # a second backward adds its gradients: one step on the sum of both losses
-                qa = model(**questions.inputs()).loss  # mean NLL of the answer tokens
-                qa.backward()
-                total += qa.item()
+            if extra is not None:  # a second backward adds its gradients: one step on the sum of both losses
+                extra_loss = model(**extra.inputs()).loss  # mean NLL of the labelled tokens
+                extra_loss.backward()
+                total += extra_loss.item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(total)
     finally:
         model.eval()
     return sum(losses) / len(losses)
-
-
-def write_chunk(
-    model: PeftModel,
-    example: tuple[torch.Tensor, torch.Tensor],
-    chunk: Sequence[int],
-    system: Sequence[Message],
-    optimizer: torch.optim.Optimizer,
-    first_step: int,
-    seed: int,
-    config: TempLoraConfig,
-    lr_at: Callable[[int], float],
-    writer: QuestionWriter,
-) -> tuple[float, list[QAPair]]:
-    """One Temp-Lora update as both deployments run it: the chunk's synthetic pairs, then seeded `train_chunk`.
-
-    `example` is `build_example`'s (input ids, labels); returns the mean loss and the pairs trained with it.
-    """
-    pairs = writer.write(model, chunk, seed)  # by the base model: the adapter is disabled inside
-    questions = writer.batch(system, pairs)
-    input_ids, labels = example
-    with seeded(seed):
-        loss = train_chunk(
-            model,
-            input_ids,
-            labels,
-            optimizer,
-            config.epochs,
-            first_step,
-            lr_at,
-            kl_weight=config.kl_weight,
-            questions=questions,
-        )
-    return loss, pairs

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from templora_memory import MemoryEngine, ParametricMemory, TempLoraConfig
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import HERMES, tiny_model, tiny_tokenizer
 
 TINY_CONFIG = dict(chunk_tokens=32, window_tokens=96, train_context_tokens=32, max_new_tokens=8, learning_rate=1e-2)
 
@@ -40,6 +42,43 @@ def make_engine(tokenizer):
 def tiny_memory(make_engine) -> ParametricMemory:
     """A `ParametricMemory` over the tiny model (fast, random replies)."""
     return ParametricMemory(engine=make_engine())
+
+
+@pytest.fixture
+def tool_memory() -> ParametricMemory:
+    """`ParametricMemory` over the tiny model with a tool-aware template (a window wide enough for tool schemas)."""
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = HERMES
+    config = TempLoraConfig(chunk_tokens=32, window_tokens=900, train_context_tokens=32, max_new_tokens=8)
+    engine = MemoryEngine(config=config, loaded=(tiny_model(tokenizer), tokenizer, "tiny-tools"))
+    return ParametricMemory(engine=engine)
+
+
+class ScriptedModel:
+    """Stands in for the engine's token generation: plays scripted replies in turn and records every prompt."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+        """Each prompt the model was given, decoded, newest last."""
+        self._tokenizer = None
+        self._replies = itertools.cycle([""])
+
+    def play(self, tokenizer, *replies: str) -> list[str]:
+        """Generate `replies` from now on, one per call, cycling; returns the list of prompts seen."""
+        self._tokenizer, self._replies = tokenizer, itertools.cycle(replies)
+        return self.prompts
+
+    def generate(self, model, prompt, sampling, eos_ids, *_, **__):
+        self.prompts.append(self._tokenizer.decode(prompt))
+        yield from self._tokenizer(next(self._replies), add_special_tokens=False)["input_ids"]
+
+
+@pytest.fixture
+def scripted_model(monkeypatch) -> ScriptedModel:
+    """Replace the engine's model generation with a `ScriptedModel` (the tiny model's replies are random)."""
+    script = ScriptedModel()
+    monkeypatch.setattr("templora_memory.engine.generate_tokens", script.generate)
+    return script
 
 
 @pytest.fixture(scope="session")

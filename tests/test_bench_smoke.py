@@ -1,19 +1,26 @@
-"""Smoke tests of `templora-memory bench pg19|locomo|cost` on the tiny model and small synthetic data."""
+"""Smoke tests of `python -m benchmarks ...`, one per sub-command, on the tiny model and small synthetic data."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("bm25s")
 pytest.importorskip("matplotlib")
+pytest.importorskip("nltk")
 
-from templora_memory.bench import add_bench_parser, common, cost, locomo, pg19, recipes  # noqa: E402
-from templora_memory.bench import locomo_data as data  # noqa: E402
+import benchmarks  # noqa: E402
+from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, suites  # noqa: E402
+from benchmarks import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
+from templora_memory.generation import Sampling  # noqa: E402
+from templora_memory.kv_cache import PromptCache  # noqa: E402
+from templora_memory.replies import ReplyStream  # noqa: E402
 
 WORDS = "the blacksmith sells swords and shields in Oakridge while the innkeeper talks about the old castle".split()
 
@@ -105,32 +112,35 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
 
 
 def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):
-    from templora_memory.generation import Sampling, generate_tokens
-
     engine = make_engine()
-    prompt, gold = common.ids(engine, "Who sells swords? The"), common.ids(engine, " blacksmith in Oakridge")
+    prompt, gold = engine.encode("Who sells swords? The"), engine.encode(" blacksmith in Oakridge")
     nll, text = locomo.answer(engine, None, prompt, gold, max_tokens=6)
     assert nll == pytest.approx(common.mean_nll(engine.log_likelihood(None, prompt, gold)), abs=1e-4)
-    with engine.bank.active(None) as model:
-        expected = engine.tokenizer.decode(
-            list(generate_tokens(model, prompt, Sampling(max_new_tokens=6), engine.eos_ids))
-        )
+    expected = engine.stream_completion(None, prompt, Sampling(max_new_tokens=6)).result().text
     assert text == expected.lstrip().split("\n")[0].strip()
 
 
 def test_locomo_answer_with_a_shared_cache_equals_answering_afresh(make_engine):
-    from templora_memory.kv_cache import PromptCache
-
     engine = make_engine()
-    history = common.ids(engine, "The blacksmith sells swords and shields in Oakridge. ")
-    questions = [common.ids(engine, q) for q in ("Who sells swords? The", "Where is the blacksmith? In", "What?")]
-    gold, cache = common.ids(engine, " blacksmith"), PromptCache()
+    history = engine.encode("The blacksmith sells swords and shields in Oakridge. ")
+    questions = [engine.encode(q) for q in ("Who sells swords? The", "Where is the blacksmith? In", "What?")]
+    gold, cache = engine.encode(" blacksmith"), PromptCache()
     for question in questions:
         nll, text = locomo.answer(engine, None, history + question, gold, max_tokens=5, cache=cache)
-        assert cache.ids == history + question and cache.past.get_seq_length() == len(cache.ids)
+        prompt = history + question  # the cache holds the prompt's states (and may hold the answer's after them)
+        assert cache.ids[: len(prompt)] == prompt and cache.past.get_seq_length() == len(cache.ids)
         fresh_nll, fresh_text = locomo.answer(engine, None, history + question, gold, max_tokens=5)
         assert nll == pytest.approx(fresh_nll, abs=1e-4) and text == fresh_text
-    assert cache.computed_tokens < 3 * len(history)  # the shared history ran once
+    # the shared history ran once; each question ran its own tokens, the gold answer's and the generated ones
+    assert cache.computed_tokens <= len(history) + sum(len(q) + len(gold) + 5 for q in questions)
+
+
+def test_locomo_answer_is_the_first_line_and_stops_reading_there():
+    def pieces():
+        yield from ("\n", "\n The blue", " car.\nNext", " line")
+        raise AssertionError("read past the first line")
+
+    assert locomo.first_line(ReplyStream(pieces())) == "The blue car."
 
 
 def test_locomo_f1_is_locomos_metric():
@@ -154,11 +164,9 @@ def test_cost_compares_full_history_with_window_and_adapter(make_engine, locomo_
 
 
 def test_cli_registers_bench_commands_with_config_options(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
+    parser = benchmarks.build_parser()
     args = parser.parse_args(
         [
-            "bench",
             "pg19",
             "--max-books",
             "1",
@@ -174,7 +182,31 @@ def test_cli_registers_bench_commands_with_config_options(tmp_path):
     assert args.run is pg19.main and config.chunk_tokens == 256 and config.target_modules == ["q_proj", "v_proj"]
     assert common.plot_path(args) == tmp_path / "r.png"
     for name in ("locomo", "cost"):
-        assert parser.parse_args(["bench", name, "--learning-rate", "1e-3"]).learning_rate == 1e-3
+        assert parser.parse_args([name, "--learning-rate", "1e-3"]).learning_rate == 1e-3
+    assert pg19.DEFAULT_DATA == str(common.REPO.parent / "shared" / "data" / "pg19")  # whatever the current folder
+
+
+def test_python_m_benchmarks_lists_every_sub_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=common.REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0
+    assert all(name in done.stdout for name in ("pg19", "locomo", "recipes", "cost", "scale", "constrain", "suites"))
+
+
+@pytest.mark.parametrize("command", ["pg19", "locomo", "cost", "scale"])
+def test_a_missing_data_path_is_a_clear_error(command, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert benchmarks.main([command, "--data", str(missing), "--out", str(tmp_path / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --data {missing} does not exist; pass --data PATH to ")
+
+
+def test_a_missing_extra_names_the_module_and_the_fix(monkeypatch, capsys):
+    monkeypatch.setitem(benchmarks.EXTRAS, "bench", ("bm25s", "no_such_module_for_bench"))
+    assert benchmarks.main(["recipes", "r.json"]) == 2
+    error = capsys.readouterr().err
+    assert "no_such_module_for_bench" in error and 'pip install -e ".[bench]"' in error
 
 
 def test_cost_times_replies_in_every_deployment(make_engine, locomo_file):
@@ -194,8 +226,6 @@ def test_cost_times_replies_in_every_deployment(make_engine, locomo_file):
 
 
 def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):
-    from templora_memory.bench import scale
-
     messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
     engine = make_engine(store=None, max_resident=3)
     result = scale.run(engine, messages, agents=8, turns=2, quiet=True)
@@ -207,8 +237,6 @@ def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):
 
 
 def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):
-    from templora_memory.bench import constrain
-
     result = constrain.measure_library("llguidance", tokenizer, repeats=1)
     assert set(result["cases"]) == set(constrain.CASES)
     for row in result["cases"].values():
@@ -217,8 +245,7 @@ def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):
 
 
 def test_suites_reads_outcomes_and_reasons_from_junit_xml(tmp_path):
-    from templora_memory.bench import suites
-
+    assert all((common.REPO / path).is_file() for path in suites.SUITES.values())  # found from any folder
     report = tmp_path / "report.xml"
     report.write_text(
         '<testsuites><testsuite><testcase classname="t.TestA" name="test_ok"/>'

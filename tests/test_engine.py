@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from templora_memory import InvalidInputError
+from templora_memory import InvalidInputError, TempLoraConfig
 from templora_memory.generation import Sampling
 from templora_memory.trainer import IGNORE_INDEX, build_example, learning_rate
 
@@ -37,8 +37,9 @@ def test_build_example_masks_the_training_context():
 
 
 def test_learning_rate_warms_up_linearly_then_stays():
-    assert [learning_rate(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert learning_rate(0, 1e-4, 0) == 1e-4
+    config = TempLoraConfig(learning_rate=1.0, warmup_chunks=2, epochs=2)  # 4 warm-up steps
+    assert [learning_rate(s, config) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert learning_rate(0, TempLoraConfig(learning_rate=1e-4, warmup_chunks=0)) == 1e-4
 
 
 def test_chunks_are_written_at_delta_with_previous_tokens_as_input(make_engine, monkeypatch):

@@ -7,7 +7,6 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from templora_memory import TempLoraConfig
-from templora_memory.engine import Reply
 from templora_memory.errors import ConfigError
 from templora_memory.generation import Sampling, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
@@ -22,9 +21,9 @@ def _talk(engine, turns: int) -> tuple[list[str], int]:
     replies, prompt_tokens = [], 0
     system = {"role": "system", "content": "You are the innkeeper."}  # the prompt's stable start: the sink
     for i in range(turns):
-        reply = Reply()
         message = {"role": "user", "content": lines[i % 3] + f" {i}"}
-        replies.append("".join(engine.respond("a", [system, message], GREEDY, reply=reply)))
+        reply = engine.respond("a", [system, message], GREEDY).result()
+        replies.append(reply.text)
         prompt_tokens += reply.prompt_tokens
     return replies, prompt_tokens
 
@@ -70,9 +69,9 @@ def test_cache_reuse_gives_the_same_replies_before_any_training(make_engine):
     reused = make_engine(chunk_tokens=400, window_tokens=400, cache_reuse=True)
     replies, prompt_tokens = _talk(reused, 4)
     assert replies == _talk(plain, 4)[0]
-    assert reused.stats("a").chunks_trained == 0 and plain.agent("a").kv is None
+    assert reused.stats("a").chunks_trained == 0 and plain.stats("a").computed_tokens is None
     # each call ran only its new turn (plus the last reply token), not the whole window again
-    assert reused.agent("a").kv.computed_tokens < prompt_tokens / 2
+    assert reused.stats("a").computed_tokens < prompt_tokens / 2
 
 
 def test_attention_sinks_never_recompute_a_sliding_window(make_engine):
@@ -85,14 +84,12 @@ def test_attention_sinks_never_recompute_a_sliding_window(make_engine):
         engine = make_engine(**options)
         prompt_tokens = _talk(engine, 12)[1]
         stats = engine.stats("a")
-        assert stats.chunks_trained >= 2 and stats.window_tokens <= engine.config.window_tokens
-        kv = engine.agent("a").kv
-        if kv is not None:
-            assert all(layer.keys.shape[-2] == len(kv.ids) for layer in kv.past.layers)
-            assert len(kv.ids) <= engine.config.window_tokens + GREEDY.max_new_tokens
-            computed[name] = kv.computed_tokens
+        assert stats.chunks_trained >= 2 and stats.prompt_tokens <= engine.config.window_tokens
+        if stats.computed_tokens is not None:  # the cache's states never outgrow the window and one reply
+            assert 0 < stats.cached_tokens <= engine.config.window_tokens + GREEDY.max_new_tokens
+            computed[name] = stats.computed_tokens
         if name == "sinks":
-            assert kv.evicted_tokens > 0
+            assert stats.evicted_tokens > 0
     stats = engine.stats("a")
     conversation = stats.tokens_written + stats.tokens_pending
     assert computed["sinks"] < computed["cache_reuse"] < prompt_tokens

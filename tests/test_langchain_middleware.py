@@ -9,12 +9,11 @@ pytest.importorskip("langchain.agents")
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
+from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware, safe_cutoff  # noqa: E402
 
-import templora_memory.engine as engine_module  # noqa: E402
-from integrations.langchain_middleware import ParametricMemoryMiddleware, safe_cutoff  # noqa: E402
 from templora_memory import InvalidInputError, ParametricMemory  # noqa: E402
-from templora_memory.window import fingerprint  # noqa: E402
-from tests.test_tools import ADD_CALL, add, tool_memory  # noqa: E402, F401  (tool_memory is a fixture)
+from templora_memory.message import fingerprint  # noqa: E402
+from tests.schemas import ADD_CALL, add  # noqa: E402
 
 
 def _chat(agent, thread: str, lines: list[str]) -> list:
@@ -64,14 +63,9 @@ def test_evicted_turns_are_written_into_another_agents_memory(make_engine):
     assert all(m.content != HumanMessage(LINES[0]).content for m in state)
 
 
-def test_tool_loop_keeps_calls_with_their_results(tool_memory, monkeypatch):  # noqa: F811 (a fixture)
-    replies = iter([ADD_CALL, "It is 5."] * 6)  # the model calls the tool, then answers, each turn
-    tokenizer = tool_memory.engine.tokenizer
-
-    def scripted_generate(model, prompt, sampling, eos_ids, *_, **__):
-        yield from tokenizer(next(replies), add_special_tokens=False)["input_ids"]
-
-    monkeypatch.setattr(engine_module, "generate_tokens", scripted_generate)
+def test_tool_loop_keeps_calls_with_their_results(tool_memory, scripted_model):
+    # the model calls the tool, then answers, each turn
+    scripted_model.play(tool_memory.engine.tokenizer, ADD_CALL, "It is 5.")
     memory = ParametricMemory(engine=tool_memory.engine, agent_id="clerk")
     middleware = ParametricMemoryMiddleware(memory, "clerk", trigger_tokens=400, keep_tokens=200)
     agent = create_agent(memory, [add], system_prompt="You add.", middleware=[middleware], checkpointer=InMemorySaver())

@@ -9,8 +9,7 @@ pytest.importorskip("llama_index.core")
 from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.chat_engine import SimpleChatEngine  # noqa: E402
 from llama_index.core.memory import Memory  # noqa: E402
-
-from integrations.llamaindex import TemploraLLM, TemploraMemory, TemploraMemoryBlock  # noqa: E402
+from templora_memory.integrations.llamaindex import TemploraLLM, TemploraMemory, TemploraMemoryBlock  # noqa: E402
 
 LINES = [f"Note {i}: the {w} is behind the old mill." for i, w in enumerate(["key", "map", "coin", "ring"] * 2)]
 

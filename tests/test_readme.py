@@ -82,7 +82,7 @@ def test_every_snippet_has_a_check(heading):
 def shared_engine(real_engine, monkeypatch):
     """Models the snippets construct share the session's engine; agents they create are forgotten afterwards."""
     pytest.importorskip("langchain.agents")
-    llms = pytest.importorskip("integrations.llamaindex.llms")
+    llms = pytest.importorskip("templora_memory.integrations.llamaindex.llms")
     built = []
 
     def engine_factory(model=None, config=None, **options):

@@ -47,7 +47,7 @@ def test_long_conversation_moves_into_the_adapter_and_keeps_answering(real_engin
     total_tokens = stats.tokens_written + stats.tokens_pending
     assert total_tokens >= 3 * window, f"conversation of {total_tokens} tokens is not 3x the {window}-token window"
     assert stats.chunks_trained >= 2 and stats.last_loss is not None
-    assert max(prompts) <= window and prompts[-1] == stats.window_tokens
+    assert max(prompts) <= window and prompts[-1] == stats.prompt_tokens
     assert reply.content.strip(), "the model stopped answering"
     after = dict(real_engine.bank.model.named_parameters())
     assert all(torch.equal(base[n], after[n]) for n in base), "a base weight changed"
@@ -64,7 +64,7 @@ def test_streaming_matches_invoke_and_reports_usage(real_engine):
     assert "".join(c.content for c in chunks) == invoked.content
     assert chunks[-1].chunk_position == "last"
     assert chunks[-1].usage_metadata == invoked.usage_metadata
-    assert invoked.usage_metadata["input_tokens"] == memory.stats("stream-a").window_tokens > 0
+    assert invoked.usage_metadata["input_tokens"] == memory.stats("stream-a").prompt_tokens > 0
     for agent in ("stream-a", "stream-b"):
         real_engine.forget(agent)
 

@@ -12,10 +12,10 @@ from peft.tuners.lora import LoraLayer
 
 from templora_memory import ConfigError, TempLoraConfig
 from templora_memory.agent import AgentState
-from templora_memory.cli import add_config_options, config_from_args
-from templora_memory.synthetic import QAPair, QuestionWriter, parse_pair, qa_batch, unique_pairs
-from templora_memory.trainer import IGNORE_INDEX, base_logprobs, chunk_loss, train_chunk
-from templora_memory.window import ChatRenderer
+from templora_memory.config import add_config_options, config_from_args
+from templora_memory.conversation import ChatRenderer
+from templora_memory.synthetic import QAPair, QuestionWriter, parse_pair, unique_pairs
+from templora_memory.trainer import IGNORE_INDEX, base_logprobs, chunk_loss, learning_rate, padded_batch, train_chunk
 
 CAT_PAIR = " What is the cat called?\nAnswer: Whiskers\nQuestion: and then"  # as if sampled after "Question:"
 SYSTEM = {"role": "system", "content": "You are the innkeeper."}
@@ -26,14 +26,14 @@ def _turns(n: int) -> list[dict]:
     return [{"role": roles[i % 2], "content": f"turn {i} about the blacksmith"} for i in range(n)]
 
 
-def _train_chunk_before(model, input_ids, labels, optimizer, epochs, first_step, lr_at) -> float:
+def _train_chunk_before(model, input_ids, labels, optimizer, config, first_step) -> float:
     """`train_chunk` as it was before the optional terms, to check that they change nothing when off."""
     model.train()
     losses = []
     try:
-        for epoch in range(epochs):
+        for epoch in range(config.epochs):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(first_step + epoch)
+                group["lr"] = learning_rate(first_step + epoch, config)
             loss = model(input_ids=input_ids, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -105,9 +105,7 @@ def test_a_record_written_before_questions_were_counted_still_loads():
 
 def test_kl_off_trains_exactly_as_before_without_a_base_forward(make_engine, monkeypatch):
     before = make_engine(seed=5)
-    monkeypatch.setattr(
-        "templora_memory.trainer.train_chunk", lambda *args, kl_weight, questions: _train_chunk_before(*args)
-    )
+    monkeypatch.setattr("templora_memory.trainer.train_chunk", lambda *args: _train_chunk_before(*args[:6]))
     before.add_turns("a", _turns(8))
     monkeypatch.setattr("templora_memory.trainer.train_chunk", train_chunk)
 
@@ -173,7 +171,7 @@ def test_malformed_and_repeated_pairs_are_dropped():
 
 
 def test_the_qa_batch_scores_answer_tokens_only():
-    batch = qa_batch([([1, 2, 3], [4, 5]), ([6], [7])])
+    batch = padded_batch([([1, 2, 3], [4, 5]), ([6], [7])])
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
     assert batch.labels.tolist() == [[IGNORE_INDEX] * 3 + [4, 5], [IGNORE_INDEX, 7] + [IGNORE_INDEX] * 3]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
@@ -217,7 +215,7 @@ def test_synthetic_pairs_are_written_by_the_base_model_and_trained(make_engine, 
         assert stats.chunks_trained >= 3
         assert stats.questions_written == (stats.chunks_trained if count else 0)  # the two samples are the same pair
         drops[count] = _answer_nll_drop(engine, "a")
-    assert engine.agent("a").last_questions == [QAPair("What is the cat called?", "Whiskers")]
+    assert list(engine.agent("a").last_questions) == [QAPair("What is the cat called?", "Whiskers")]
     assert len(fixed_pairs) == 2 * stats.chunks_trained and all(call["base_model"] for call in fixed_pairs)
     assert len({call["seed"] for call in fixed_pairs}) == len(fixed_pairs)  # each sample drawn from its own seed
     assert "turn 0 about the blacksmith" in fixed_pairs[0]["prompt"]  # the chunk's text is in the prompt
@@ -231,7 +229,7 @@ def test_background_training_with_a_term_writes_what_cascaded_training_writes(ma
     for engine in (cascaded, parallel):
         engine.add_turns("a", [SYSTEM, *_turns(8)])
         engine.wait()
-    timing = {"train_seconds", "window_tokens"}
+    timing = {"train_seconds", "prompt_tokens"}
     assert parallel.stats("a").model_dump(exclude=timing) == cascaded.stats("a").model_dump(exclude=timing)
     ours, theirs = parallel.bank.parameters("a"), cascaded.bank.parameters("a")
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))

@@ -11,9 +11,8 @@ import torch
 from peft import PeftModel
 
 from templora_memory import InvalidInputError, StoreError
-from templora_memory.adapters import adapter_name
-from templora_memory.store import CURRENT, STATE, AgentStore
-from templora_memory.window import fingerprint
+from templora_memory.message import fingerprint
+from templora_memory.store import CURRENT, STATE, AgentStore, store_key
 from tests.tiny import tiny_model
 
 
@@ -25,7 +24,7 @@ def _turns(n: int, start: int = 0, topic: str = "the blacksmith") -> list[dict]:
 def _next_token_logprobs(engine, agent_id: str) -> torch.Tensor:
     """Log-probabilities of every vocabulary token after the agent's next prompt."""
     prompt = engine.prompt_ids(agent_id)
-    with engine._model_lock, engine.bank.active(agent_id) as model, torch.no_grad():
+    with engine.bank.active(agent_id) as model, torch.no_grad():
         return torch.log_softmax(model(input_ids=torch.tensor([prompt])).logits[0, -1], dim=-1)
 
 
@@ -61,7 +60,7 @@ def test_stored_adapter_loads_with_plain_peft(make_engine, tmp_path, tokenizer):
     prompt = engine.prompt_ids("npc")
     with torch.no_grad():
         plain = peft_model(input_ids=torch.tensor([prompt])).logits[0, -1]
-    with engine._model_lock, engine.bank.active("npc") as model, torch.no_grad():
+    with engine.bank.active("npc") as model, torch.no_grad():
         ours = model(input_ids=torch.tensor([prompt])).logits[0, -1]
     assert torch.allclose(plain, ours, atol=1e-5)
 
@@ -122,9 +121,9 @@ def test_a_secret_never_reaches_another_agent_even_after_eviction(make_engine, t
 def test_forget_deletes_the_agent_from_the_store(make_engine, tmp_path):
     engine = make_engine(store=tmp_path)
     engine.add_turns("a", _turns(4))
-    assert (tmp_path / "agents" / adapter_name("a")).exists()
+    assert (tmp_path / "agents" / store_key("a")).exists()
     assert engine.forget("a") is True
-    assert not (tmp_path / "agents" / adapter_name("a")).exists()
+    assert not (tmp_path / "agents" / store_key("a")).exists()
     assert make_engine(store=tmp_path).agent_ids() == []
 
 
@@ -142,7 +141,7 @@ def test_a_damaged_agent_file_names_the_file_and_other_agents_still_work(make_en
     engine = make_engine(store=tmp_path)
     engine.add_turns("broken", _turns(4))
     engine.add_turns("fine", _turns(4))
-    folder = tmp_path / "agents" / adapter_name("broken")
+    folder = tmp_path / "agents" / store_key("broken")
     (folder / (folder / CURRENT).read_text() / STATE).write_text("{ not json")
 
     restarted = make_engine(store=tmp_path)
@@ -208,13 +207,13 @@ def test_many_threads_lose_and_duplicate_no_turn(make_engine, tmp_path):
         assert sorted(state.fingerprints) == sorted(fingerprint(m) for m in sent[agent])
         assert len(set(state.fingerprints)) == 12
         streamed = sum(len(turn.tokens) for turn in state.turns)  # every turn is still in reach of the window here
-        assert state.tokens_written + len(state.pending) == streamed
+        assert state.stats.tokens_written + len(state.pending) == streamed
 
 
 def test_store_files_are_json_and_safetensors_a_user_can_read(make_engine, tmp_path):
     engine = make_engine(store=tmp_path)
     engine.add_turns("a", _turns(12))
-    folder = tmp_path / "agents" / adapter_name("a")
+    folder = tmp_path / "agents" / store_key("a")
     version = folder / (folder / CURRENT).read_text()
     record = json.loads((version / STATE).read_text())
     assert record["agent_id"] == "a" and record["model"] == "tiny-llama"

@@ -13,48 +13,10 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 
-import templora_memory.engine as engine_module
-from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory, TempLoraConfig
+from templora_memory import InvalidInputError, ParametricMemory
 from templora_memory.tools import ToolCallStream, parse_reply, supports_tools
-from tests.schemas import Person, PersonDict
-from tests.tiny import tiny_model, tiny_tokenizer
-
-# A trimmed Qwen2.5 template: tools in the system turn, calls as <tool_call> blocks, results as <tool_response>.
-HERMES = """\
-{%- if tools %}<|im_start|>system
-{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
-{% endif %}# Tools
-<tools>
-{% for tool in tools %}{{ tool | tojson }}
-{% endfor %}</tools>
-Call a tool as <tool_call>{"name": <name>, "arguments": <args>}</tool_call><|im_end|>
-{% elif messages[0]['role'] == 'system' %}<|im_start|>system
-{{ messages[0]['content'] }}<|im_end|>
-{% endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- elif message.role == 'tool' %}<|im_start|>user
-<tool_response>
-{{ message.content }}
-</tool_response><|im_end|>
-{% elif message.role == 'assistant' and message.tool_calls %}<|im_start|>assistant
-{{ message.content }}{% for call in message.tool_calls %}<tool_call>
-{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}
-</tool_call>{% endfor %}<|im_end|>
-{% else %}<|im_start|>{{ message.role }}
-{{ message.content }}<|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
-
-ADD_CALL = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
+from tests.schemas import ADD_CALL, Person, PersonDict, add
+from tests.tiny import HERMES, tiny_tokenizer
 
 
 @tool
@@ -64,33 +26,9 @@ def shout(text: str) -> str:
 
 
 @pytest.fixture
-def tool_memory() -> ParametricMemory:
-    """`ParametricMemory` over the tiny model with a tool-aware template (a window wide enough for tool schemas)."""
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = HERMES
-    config = TempLoraConfig(chunk_tokens=32, window_tokens=900, train_context_tokens=32, max_new_tokens=8)
-    engine = MemoryEngine(config=config, loaded=(tiny_model(tokenizer), tokenizer, "tiny-tools"))
-    return ParametricMemory(engine=engine)
-
-
-@pytest.fixture
-def scripted(monkeypatch, tool_memory):
-    """Make the model generate a given text; returns the prompts it was given (decoded), newest last."""
-    prompts: list[str] = []
-    script = {"text": ""}
-    tokenizer = tool_memory.engine.tokenizer
-
-    def fake_generate(model, prompt, sampling, eos_ids, *_, **__):
-        prompts.append(tokenizer.decode(prompt))
-        yield from tokenizer(script["text"], add_special_tokens=False)["input_ids"]
-
-    monkeypatch.setattr(engine_module, "generate_tokens", fake_generate)
-
-    def say(text: str) -> list[str]:
-        script["text"] = text
-        return prompts
-
-    return say
+def scripted(scripted_model, tool_memory):
+    """Make the tool model generate a given text; returns the prompts it was given (decoded), newest last."""
+    return lambda text: scripted_model.play(tool_memory.engine.tokenizer, text)
 
 
 # ----- parsing -------------------------------------------------------------------------------
@@ -201,17 +139,10 @@ def test_with_structured_output_goes_through_a_tool_call(tool_memory, scripted, 
     assert result == (Person(name="Ada", age=36) if schema is Person else {"name": "Ada", "age": 36})
 
 
-def test_template_without_tools_gets_them_in_the_hermes_format(make_engine, monkeypatch):
+def test_template_without_tools_gets_them_in_the_hermes_format(make_engine, scripted_model):
     """The tiny model's ChatML template renders no tools: tools, calls and results are written into the text."""
     tiny_memory = ParametricMemory(engine=make_engine(window_tokens=600))  # the tools section needs room
-    prompts: list[str] = []
-    tokenizer = tiny_memory.engine.tokenizer
-
-    def fake_generate(model, prompt, sampling, eos_ids, *_, **__):
-        prompts.append(tokenizer.decode(prompt))
-        yield from tokenizer(ADD_CALL, add_special_tokens=False)["input_ids"]
-
-    monkeypatch.setattr(engine_module, "generate_tokens", fake_generate)
+    prompts = scripted_model.play(tiny_memory.engine.tokenizer, ADD_CALL)
     bound = tiny_memory.bind_tools([add]).bind(agent_id="plain")
     call = bound.invoke([SystemMessage("You add."), HumanMessage("2 + 3?")])
     assert [(c["name"], c["args"]) for c in call.tool_calls] == [("add", {"a": 2, "b": 3})]

@@ -3,7 +3,7 @@
 Install with the `llamaindex` extra: `pip install "templora-memory[llamaindex]"`.
 """
 
-from integrations.llamaindex.llms import TemploraLLM
-from integrations.llamaindex.memory import TemploraMemory, TemploraMemoryBlock
+from templora_memory.integrations.llamaindex.llms import TemploraLLM
+from templora_memory.integrations.llamaindex.memory import TemploraMemory, TemploraMemoryBlock
 
 __all__ = ["TemploraLLM", "TemploraMemory", "TemploraMemoryBlock"]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from templora_memory.window import Message
+from templora_memory.message import Message
 
 
 def to_template(messages: Sequence[ChatMessage]) -> list[Message]:

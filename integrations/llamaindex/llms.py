@@ -17,10 +17,9 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from templora_memory.integrations.llamaindex._messages import to_template
 
-from integrations.llamaindex._messages import to_template
 from templora_memory import MemoryEngine, TempLoraConfig
-from templora_memory.engine import Reply
 from templora_memory.generation import Sampling
 
 
@@ -89,20 +88,20 @@ class TemploraLLM(CustomLLM):
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        reply = Reply()
+        stream = self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs))
         text = ""
-        for piece in self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), (), reply):
+        for piece in stream:
             text += piece
             yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+        reply = stream.reply
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
-        final = ChatMessage(role=MessageRole.ASSISTANT, content=reply.text)
+        final = ChatMessage(role=MessageRole.ASSISTANT, content=reply.content)
         yield ChatResponse(message=final, delta="", additional_kwargs=usage)
 
     def _stream_complete(self, prompt: str, formatted: bool, **kwargs: Any) -> CompletionResponseGen:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         if formatted:  # raw text with the agent's adapter; nothing is written
-            ids = self._engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            pieces = self._engine.stream_completion(agent_id, ids, self._sampling(kwargs))
+            pieces = self._engine.stream_completion(agent_id, self._engine.encode(prompt), self._sampling(kwargs))
         else:
             pieces = self._engine.respond(agent_id, [{"role": "user", "content": prompt}], self._sampling(kwargs))
         text = ""

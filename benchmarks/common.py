@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: config options, the engine, token writing, JSON output, plots, memory."""
+"""Shared pieces of the benchmarks: data paths, config options, the engine, JSON output, plots, memory."""
 
 from __future__ import annotations
 
@@ -15,10 +15,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from templora_memory.cli import add_config_options, config_from_args
-from templora_memory.config import TempLoraConfig
+from templora_memory.config import TempLoraConfig, add_config_options, config_from_args
 from templora_memory.engine import MemoryEngine
-from templora_memory.window import Message, Turn
+from templora_memory.errors import InvalidInputError
+
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout the benchmarks run from."""
+SHARED_DATA = REPO.parent / "shared" / "data"
+"""Evaluation data next to the checkout (PG19, LoCoMo), read in place and never copied into the repo."""
+LOCOMO_DEV = str(SHARED_DATA / "locomo" / "locomo_dev.json")
 
 # ----- command-line options ---------------------------------------------------------------
 
@@ -38,6 +43,14 @@ def add_common_options(
     add_config_options(parser, **config_defaults)
 
 
+def existing_data(path: str | Path, expected: str) -> Path:
+    """The --data path, or an `InvalidInputError` naming it and what to pass instead when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"--data {path} does not exist; pass --data PATH to {expected}")
+    return path
+
+
 def engine_from_args(args: argparse.Namespace) -> MemoryEngine:
     """Load the engine (base model + config) the benchmark runs on, with --threads torch threads."""
     if getattr(args, "threads", None):
@@ -52,35 +65,41 @@ def plot_path(args: argparse.Namespace) -> Path:
     return Path(args.plot) if args.plot else Path(args.out).with_suffix(".png")
 
 
-# ----- engine helpers -----------------------------------------------------------------------
+# ----- token budgets, scores, progress ----------------------------------------------------
 
 
-def turns(engine: MemoryEngine, messages: Sequence[Message]) -> list[Turn]:
-    """Messages rendered as conversation turns (tokens as the chat template writes them in a conversation)."""
-    out: list[Turn] = []
-    for message in messages:
-        out.append(engine.renderer.turn(message, out[-1].message if out else None))
-    return out
+def bm25_top(corpus: Sequence[str], query: str, top_k: int) -> list[int]:
+    """Indices of the `top_k` texts that best match `query` under BM25 (bm25s), best first; none that score 0."""
+    if not corpus or top_k <= 0:
+        return []
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False)
+    found, scores = retriever.retrieve(
+        bm25s.tokenize([query], stopwords="en", show_progress=False), k=min(top_k, len(corpus)), show_progress=False
+    )
+    return [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
 
 
-def prefix_within(rendered: Sequence[Turn], max_tokens: int | None) -> int:
-    """How many leading turns fit in `max_tokens` tokens (all of them when None)."""
+def prefix_within(sizes: Sequence[int], max_tokens: int | None) -> int:
+    """How many leading turns (of these token sizes) fit in `max_tokens` tokens (all of them when None)."""
     used = 0
-    for index, turn in enumerate(rendered):
-        used += len(turn.tokens)
+    for index, size in enumerate(sizes):
+        used += size
         if max_tokens is not None and used > max_tokens:
             return index
-    return len(rendered)
+    return len(sizes)
 
 
-def render(engine: MemoryEngine, system: Sequence[Message], messages: Sequence[Message]) -> list[int]:
-    """Prompt ids (ending with the assistant header) for system + messages, built by the engine's renderer."""
-    return engine.renderer.prompt(list(system), turns(engine, messages))
-
-
-def ids(engine: MemoryEngine, text: str) -> list[int]:
-    """Token ids of `text` without special tokens."""
-    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+def suffix_within(sizes: Sequence[int], budget: int) -> int:
+    """Index of the oldest turn such that the turns from it on fit in `budget` tokens (len(sizes): none fits)."""
+    used = 0
+    for index in range(len(sizes) - 1, -1, -1):
+        used += sizes[index]
+        if used > budget:
+            return index + 1
+    return 0
 
 
 def mean_nll(logprobs: Sequence[float]) -> float:

@@ -1,4 +1,4 @@
-"""`bench locomo`: does the adapter remember a conversation that fell out of the prompt? (LoCoMo questions).
+"""`python -m benchmarks locomo`: does the adapter remember a conversation that fell out of the prompt? (LoCoMo)
 
 Each conversation is streamed turn by turn into one agent (speaker_a = user, speaker_b = assistant).
 Each question is then asked as the next user turn ("chat" form) and as "Question: … Answer:" after the
@@ -17,21 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from templora_memory.bench import common
-from templora_memory.bench import locomo_data as data
+from benchmarks import common
+from benchmarks import locomo_data as data
 from templora_memory.engine import MemoryEngine
+from templora_memory.generation import Sampling
 from templora_memory.kv_cache import PromptCache
-from templora_memory.window import Message, Turn, window_start
+from templora_memory.message import Message
+from templora_memory.replies import ReplyStream
 
-DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
+DEFAULT_DATA = common.LOCOMO_DEV
 CONDITIONS = ("window", "adapter", "control", "retrieval", "adapter_retrieval", "full")
 FORMS = ("chat", "plain")
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench locomo`."""
+    """Register `locomo`."""
     parser = subparsers.add_parser(
         "locomo", help="conversation recall on LoCoMo: answer NLL and token F1 per condition"
     )
@@ -86,7 +86,7 @@ class Options:
 
 @dataclass
 class Dialogue:
-    """One conversation streamed into an agent: its messages, their tokens, and where the window starts."""
+    """One conversation streamed into an agent: its messages, their token sizes, and where the window starts."""
 
     name: str
     agent: str
@@ -94,7 +94,7 @@ class Dialogue:
     assistant: str
     system: list[Message]
     lines: list[data.Line]
-    turns: list[Turn]
+    sizes: list[int]
     start: int
 
     @property
@@ -135,18 +135,17 @@ def stream(engine: MemoryEngine, item: dict[str, Any], max_tokens: int | None, q
     ]
     sessions = data.lines(item)
     flat = [line for session in sessions for line in session]
-    turns = common.turns(engine, [line.message for line in flat])
-    keep = common.prefix_within(turns, max_tokens)
-    flat, turns = flat[:keep], turns[:keep]
+    sizes = engine.turn_tokens([line.message for line in flat])
+    keep = common.prefix_within(sizes, max_tokens)
+    flat, sizes = flat[:keep], sizes[:keep]
     agent, sent = f"locomo-{name}", 0
     for session in common.progress(sessions, quiet, desc=f"writing {name}", unit="session"):
         batch = [line.message for line in session][: keep - sent]
         if batch:
             engine.add_turns(agent, system + batch)
         sent += len(batch)
-    engine.prompt_ids(agent)  # writes every pending token the window no longer holds
-    start = len(flat) - len(engine.window(agent))
-    return Dialogue(name, agent, user, assistant, system, flat, turns, start)
+    start = len(flat) - len(engine.window(agent))  # add_turns wrote every token the window no longer holds
+    return Dialogue(name, agent, user, assistant, system, flat, sizes, start)
 
 
 # ----- asking -----------------------------------------------------------------------------------
@@ -204,35 +203,20 @@ def _history(engine, dialogue: Dialogue, question: data.Question, condition: str
         return retrieved_history(engine, dialogue, question.question, options.top_k)
     limit = min(options.full_tokens or engine.context_tokens, engine.context_tokens)
     budget = limit - options.answer_tokens - 256  # room for the system message, question and headers
-    return dialogue.messages[window_start(dialogue.turns, budget) :]
+    return dialogue.messages[common.suffix_within(dialogue.sizes, budget) :]
 
 
 def retrieved_history(engine: MemoryEngine, dialogue: Dialogue, query: str, top_k: int) -> list[Message]:
     """BM25 top-k turns from before the window (dated, in order), then the newest turns, in the window's budget."""
-    budget = sum(len(t.tokens) for t in dialogue.turns[dialogue.start :])
+    budget = sum(dialogue.sizes[dialogue.start :])
     chosen, used = [], 0
-    for index in _bm25(dialogue.lines[: dialogue.start], query, top_k):  # best first
-        size = len(common.turns(engine, [_dated(dialogue.lines[index])])[0].tokens)
+    corpus = [line.message["content"] for line in dialogue.lines[: dialogue.start]]
+    for index in common.bm25_top(corpus, query, top_k):  # best first
+        (size,) = engine.turn_tokens([_dated(dialogue.lines[index])])
         if used + size <= budget:
             chosen, used = [*chosen, index], used + size
-    recent = max(dialogue.start, window_start(dialogue.turns, budget - used))
+    recent = max(dialogue.start, common.suffix_within(dialogue.sizes, budget - used))
     return [_dated(dialogue.lines[i]) for i in sorted(chosen)] + dialogue.messages[recent:]
-
-
-def _bm25(lines: list[data.Line], query: str, top_k: int) -> list[int]:
-    """Indices of the `top_k` lines that best match `query` under BM25 (bm25s), best first."""
-    if not lines or top_k <= 0:
-        return []
-    import bm25s
-
-    corpus = [line.message["content"] for line in lines]
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-    k = min(top_k, len(corpus))
-    found, scores = retriever.retrieve(
-        bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False
-    )
-    return [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
 
 
 def _dated(line: data.Line) -> Message:
@@ -247,17 +231,16 @@ def _dated(line: data.Line) -> Message:
 
 def _prompt(engine, dialogue: Dialogue, history: list[Message], question: data.Question, form: str):
     """(prompt ids, gold answer ids) for the chat form or the plain Question:/Answer: form."""
-    gold = common.ids(engine, " " + question.answer)
+    gold = engine.encode(" " + question.answer)
     if form == "chat":
         ask = {"role": "user", "content": f"{dialogue.user}: {question.question}"}
-        prompt = common.render(engine, dialogue.system, [*history, ask]) + common.ids(engine, f"{dialogue.assistant}:")
+        prompt = engine.render_prompt(dialogue.system, [*history, ask]) + engine.encode(f"{dialogue.assistant}:")
         return prompt, gold
     lines = "\n".join(m["content"] for m in history)
     text = f"{dialogue.system[0]['content']}\n\n{lines}\n\nQuestion: {question.question}\nAnswer:"
-    return common.ids(engine, text), gold
+    return engine.encode(text), gold
 
 
-@torch.no_grad()
 def answer(
     engine: MemoryEngine,
     agent: str | None,
@@ -268,38 +251,25 @@ def answer(
 ) -> tuple[float, str]:
     """Mean NLL of the gold answer and a greedy one-line answer, from one shared prompt pass.
 
-    Nothing is remembered: the agent's adapter is only read. Equal to `engine.log_likelihood` and a greedy
-    `generate_tokens` run on the same prompt. A `cache` kept for the same agent across questions holds the
-    previous prompt's states, so only the tokens after the shared prefix (the question) are run again.
+    Nothing is remembered: the agent's adapter is only read. Scoring and generation share `cache`, so the
+    prompt runs once; a `cache` kept for the same agent across questions also holds the previous prompt's
+    states, so only the tokens after the shared prefix (the question) are run again.
     """
     cache = cache if cache is not None else PromptCache()
-    with engine.bank.active(agent) as model:
-        feed = cache.align(prompt)
-        out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True)
-        cache.record(feed, out.past_key_values)
-        last = out.logits[0, -1:].float()  # (1, V)
-        scored = model(input_ids=torch.tensor([gold]), past_key_values=cache.past, use_cache=True).logits[0, :-1]
-        logprobs = torch.log_softmax(torch.cat([last, scored.float()]), dim=-1)  # (G, V): each gold token's odds
-        nll = -logprobs.gather(1, torch.tensor(gold).unsqueeze(1)).mean().item()
-        cache.past.crop(-len(gold))  # drop the gold tokens again
-        try:
-            return nll, _greedy(engine, model, cache.past, last[0], max_tokens)
-        finally:  # and the generated ones: the cache holds exactly the prompt
-            cache.past.crop(min(0, len(prompt) - cache.past.get_seq_length()))
+    nll = common.mean_nll(engine.log_likelihood(agent, prompt, gold, cache=cache))
+    stream = engine.stream_completion(agent, prompt, Sampling(max_new_tokens=max_tokens), cache=cache)
+    return nll, first_line(stream)
 
 
-def _greedy(engine: MemoryEngine, model, cache, logits: torch.Tensor, max_tokens: int) -> str:
-    """Greedy decoding from a prefilled cache until end-of-sequence, the first non-empty line's end, or `max_tokens`."""
-    tokens: list[int] = []
-    for _ in range(max_tokens):
-        token = int(logits.argmax())
-        if token in engine.eos_ids:
+def first_line(stream: ReplyStream) -> str:
+    """The first non-empty line of a streamed reply (leading newlines skipped); the stream is closed there."""
+    text = ""
+    for piece in stream:
+        text += piece
+        if "\n" in text.lstrip():
+            stream.close()
             break
-        tokens.append(token)
-        if "\n" in engine.tokenizer.decode(tokens, skip_special_tokens=True).lstrip():
-            break  # leading newlines are skipped: the answer may start on the next line
-        logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1].float()
-    return engine.tokenizer.decode(tokens, skip_special_tokens=True).lstrip().split("\n")[0].strip()
+    return text.lstrip().split("\n")[0].strip()
 
 
 # ----- results ----------------------------------------------------------------------------------
@@ -364,7 +334,7 @@ def _describe(engine: MemoryEngine, dialogue: Dialogue) -> dict[str, Any]:
     return {
         "name": dialogue.name,
         "turns": len(dialogue.lines),
-        "tokens": sum(len(t.tokens) for t in dialogue.turns),
+        "tokens": sum(dialogue.sizes),
         "window_turns": len(dialogue.lines) - dialogue.start,
         **engine.stats(dialogue.agent).model_dump(exclude={"agent_id"}),
     }

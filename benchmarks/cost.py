@@ -1,4 +1,4 @@
-"""`bench cost`: the paper's Table 4/5 analog — per-reply latency and peak memory, full history vs window + adapter.
+"""`python -m benchmarks cost`: latency and peak memory per reply, full history vs window + adapter (Table 4/5).
 
 A LoCoMo conversation is streamed into one agent up to each history size (1K, 2K, 4K, 8K tokens); at each
 size the next turn is answered with the full history in the prompt (no adapter) and with the window + the
@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from templora_memory.bench import common
-from templora_memory.bench import locomo_data as data
+from benchmarks import common
+from benchmarks import locomo_data as data
+from templora_memory import AgentStats
 from templora_memory.config import TempLoraConfig
-from templora_memory.engine import MemoryEngine, Reply
+from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
-from templora_memory.generation import Sampling, generate_tokens
-from templora_memory.window import Message, window_start
+from templora_memory.generation import Sampling
+from templora_memory.message import Message
 
-DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
+DEFAULT_DATA = common.LOCOMO_DEV
 DEFAULT_HISTORIES = "1024,2048,4096,8192"
 AGENT = "cost"
 SETUPS = ("full", "window_adapter")
@@ -36,7 +37,7 @@ DEPLOYMENTS = {
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench cost`."""
+    """Register `cost`."""
     parser = subparsers.add_parser("cost", help="latency and peak memory per reply: full history vs window + adapter")
     common.add_common_options(parser, DEFAULT_DATA, "results/cost.json")
     parser.add_argument(
@@ -104,33 +105,30 @@ def run(
     With `train_tokens`, only the history's first `train_tokens` tokens are written into the adapter: the
     adapter's cost at inference does not depend on what it learned, so latency and memory stay comparable.
     """
-    rendered = common.turns(engine, messages)
-    if not sizes or common.prefix_within(rendered, max(sizes)) + replies > len(messages):
-        raise InvalidInputError(
-            f"the conversation has {sum(len(t.tokens) for t in rendered)} tokens: too short for these sizes"
-        )
+    turn_sizes = engine.turn_tokens(messages)
+    if not sizes or common.prefix_within(turn_sizes, max(sizes)) + replies > len(messages):
+        raise InvalidInputError(f"the conversation has {sum(turn_sizes)} tokens: too short for these sizes")
     system = [{"role": "system", "content": "Continue the conversation."}]
-    _timed_reply(engine, None, common.render(engine, system, messages[:2]), 2)  # warm-up: lazy initialisation
-    trained = common.prefix_within(rendered, train_tokens)
+    _timed_reply(engine, None, engine.render_prompt(system, messages[:2]), 2)  # warm-up: lazy initialisation
+    trained = common.prefix_within(turn_sizes, train_tokens)
     rows, sent = [], 0
     for size in common.progress(sizes, quiet, desc="history sizes", unit="size"):
-        count = common.prefix_within(rendered, size)
+        count = common.prefix_within(turn_sizes, size)
         started = time.perf_counter()
-        engine.add_turns(AGENT, system + messages[sent : min(count, trained)])
-        engine.prompt_ids(AGENT)  # writes what no longer fits in the window
+        engine.add_turns(AGENT, system + messages[sent : min(count, trained)])  # also writes what left the window
         write_seconds, sent = time.perf_counter() - started, min(count, trained)
         asks = [{"role": "user", "content": m["content"]} for m in messages[count : count + replies]]
-        window = messages[_window_start(engine, system, rendered[:count]) : count]
+        window = messages[engine.window_start(system, messages[:count]) : count]
         row = {
-            "history_tokens": sum(len(t.tokens) for t in rendered[:count]),
+            "history_tokens": sum(turn_sizes[:count]),
             "turns": count,
             "write_seconds": round(write_seconds, 2),
         }
         row["full"] = measure(
-            engine, None, [common.render(engine, system, messages[:count] + [a]) for a in asks], reply_tokens
+            engine, None, [engine.render_prompt(system, messages[:count] + [a]) for a in asks], reply_tokens
         )
         row["window_adapter"] = measure(
-            engine, AGENT, [common.render(engine, system, window + [a]) for a in asks], reply_tokens
+            engine, AGENT, [engine.render_prompt(system, window + [a]) for a in asks], reply_tokens
         )
         for key in ("ttft_s", "reply_s", "peak_mib"):
             row[f"{key}_change_pct"] = common.relative_change(row["full"][key], row["window_adapter"][key])
@@ -158,25 +156,30 @@ def deployment(engine: MemoryEngine, messages: list[Message], replies: int, repl
     agent, sampling, rows = "deployment", Sampling(max_new_tokens=reply_tokens), []
     for message in common.progress(messages[:replies], quiet, desc=engine.config.deployment, unit="reply"):
         chunks_before = engine.stats(agent).chunks_trained
-        reply, first = Reply(), None
-        started = time.perf_counter()
-        for _ in engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling, reply=reply):
+        started, first = time.perf_counter(), None
+        stream = engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling)
+        for _ in stream:
             first = first if first is not None else time.perf_counter() - started
-        seconds = time.perf_counter() - started
-        state = engine.agent(agent)
-        busy = state.job is not None or engine.stats(agent).chunks_trained > chunks_before
-        computed = state.kv.computed_tokens - sum(r["computed_tokens"] for r in rows) if state.kv else None
+        seconds, reply, stats = time.perf_counter() - started, stream.reply, engine.stats(agent)
+        computed = stats.computed_tokens
+        computed = computed - sum(r["computed_tokens"] for r in rows) if computed is not None else None
         rows.append(
             {
                 "reply_s": round(seconds, 3),
                 "ttft_s": round(first or seconds, 3),
-                "training": busy,
+                "training": stats.training or stats.chunks_trained > chunks_before,
                 "prompt_tokens": reply.prompt_tokens,
                 "computed_tokens": computed if computed is not None else reply.prompt_tokens + reply.completion_tokens,
             }
         )
     engine.wait()
+    return _deployment_summary(engine, engine.stats(agent), rows)
+
+
+def _deployment_summary(engine: MemoryEngine, stats: AgentStats, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and max reply latency (also while a chunk trains), tokens computed, KV cache size, chunks trained."""
     during = [r["reply_s"] for r in rows if r["training"]]
+    kv_bytes = stats.kv_cache_bytes
     return {
         "config": {key: getattr(engine.config, key) for key in ("deployment", "cache_reuse", "attention_sinks")},
         "replies": rows,
@@ -185,15 +188,9 @@ def deployment(engine: MemoryEngine, messages: list[Message], replies: int, repl
         "mean_ttft_s": round(statistics.mean(r["ttft_s"] for r in rows), 3),
         "mean_reply_s_while_training": round(statistics.mean(during), 3) if during else None,
         "computed_tokens": sum(r["computed_tokens"] for r in rows),
-        "kv_cache_mib": round(state.kv.nbytes() / 2**20, 1) if state.kv else None,
-        "chunks_trained": engine.stats(agent).chunks_trained,
+        "kv_cache_mib": round(kv_bytes / 2**20, 1) if kv_bytes is not None else None,
+        "chunks_trained": stats.chunks_trained,
     }
-
-
-def _window_start(engine: MemoryEngine, system: list[Message], turns) -> int:
-    """Index of the oldest turn of the L_X window over `turns` (the engine's rule: whole turns, headers counted)."""
-    overhead = len(engine.renderer.prompt(system, []))
-    return window_start(turns, engine.config.window_tokens - overhead)
 
 
 def measure(engine: MemoryEngine, agent: str | None, prompts: list[list[int]], reply_tokens: int) -> dict[str, Any]:
@@ -219,9 +216,8 @@ def measure(engine: MemoryEngine, agent: str | None, prompts: list[list[int]], r
 def _timed_reply(engine: MemoryEngine, agent: str | None, prompt: list[int], reply_tokens: int) -> tuple[float, float]:
     """Seconds to the first token and to the whole fixed-length greedy reply (nothing is remembered)."""
     started, first = time.perf_counter(), None
-    with engine.bank.active(agent) as model:
-        for _ in generate_tokens(model, prompt, Sampling(max_new_tokens=reply_tokens), eos_ids=set()):
-            first = first if first is not None else time.perf_counter() - started
+    for _ in engine.stream_completion(agent, prompt, Sampling(max_new_tokens=reply_tokens, ignore_eos=True)):
+        first = first if first is not None else time.perf_counter() - started
     return first or 0.0, time.perf_counter() - started
 
 

@@ -1,4 +1,4 @@
-"""`bench constrain`: which structured-generation library to constrain decoding with, measured on this CPU.
+"""`python -m benchmarks constrain`: which structured-generation library to constrain decoding with, on this CPU.
 
 For llguidance, xgrammar and outlines-core (each when installed), with the default model's tokenizer:
 the one-time tokenizer setup, the compile time of each schema (cache off: what a new schema costs), and
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from templora_memory.bench import common
+from benchmarks import common
 
 # Each case: a JSON schema and one answer that satisfies it (its tokens are walked through the matcher).
 CASES: dict[str, tuple[dict[str, Any], Any]] = {
@@ -68,7 +68,7 @@ CASES: dict[str, tuple[dict[str, Any], Any]] = {
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench constrain`."""
+    """Register `constrain`."""
     parser = subparsers.add_parser(
         "constrain", help="constrained decoding: compile and per-token mask time per library"
     )
@@ -268,30 +268,28 @@ BACKENDS: dict[str, Callable[[], Any]] = {
 def measure_generation(engine, replies: int) -> dict[str, Any]:
     """Greedy decoding tokens/s of the default model asked for a JSON person, free and constrained (same prompt).
 
-    Timed from the first token on (the prompt pass is the same for both); the grammar is compiled before the
+    Timed from the first text on (the prompt pass is the same for both); the grammar is compiled before the
     timed replies (it is cached per schema), so the difference is the per-token cost of masking and advancing.
     """
     from templora_memory.constrained import json_grammar
-    from templora_memory.generation import Sampling, generate_tokens
+    from templora_memory.generation import Sampling
 
     schema, _ = CASES["person"]
     grammar = json_grammar(schema)
     engine.grammars.compile(grammar)
-    messages = [{"role": "user", "content": "Give the name and age of Ada Lovelace as JSON."}]
-    prompt = engine.renderer.prompt(messages, [])
+    prompt = engine.render_prompt([], [{"role": "user", "content": "Give the name and age of Ada Lovelace as JSON."}])
     result: dict[str, Any] = {}
     for label in ("free", "constrained"):
         rates, lengths = [], []
         for _ in range(replies):
-            constraint = engine.grammars.constraint(grammar) if label == "constrained" else None
-            with engine.bank.active(None) as model:
-                tokens = generate_tokens(
-                    model, prompt, Sampling(max_new_tokens=64), engine.eos_ids, constraint=constraint
-                )
-                next(tokens)  # the first token pays for the prompt pass; decoding is timed from here
-                started, count = time.perf_counter(), sum(1 for _ in tokens)
-            rates.append(count / (time.perf_counter() - started))
-            lengths.append(count + 1)
+            stream = engine.stream_completion(
+                None, prompt, Sampling(max_new_tokens=64), grammar=grammar if label == "constrained" else None
+            )
+            next(stream)  # the first token pays for the prompt pass; decoding is timed from here
+            started = time.perf_counter()
+            count = stream.result().completion_tokens
+            rates.append((count - 1) / (time.perf_counter() - started))
+            lengths.append(count)
         result[label] = {"tokens_per_s": round(statistics.median(rates), 1), "tokens": lengths}
     return result
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import existing_data
 from templora_memory.errors import InvalidInputError
 
 SCORED_CATEGORIES = (1, 2, 4)  # multi-hop, temporal, single-hop
@@ -40,9 +41,9 @@ class Question:
 
 def load(path: str | Path) -> list[dict[str, Any]]:
     """The list of LoCoMo items (each with `conversation`, `qa` and `sample_id`) in a JSON file."""
-    path = Path(path)
+    path = existing_data(path, "a LoCoMo JSON file (e.g. locomo10.json)")
     if not path.is_file():
-        raise InvalidInputError(f"--data {path} not found; point it at a LoCoMo-format JSON file (e.g. locomo10.json)")
+        raise InvalidInputError(f"--data {path} is a folder; pass --data PATH to a LoCoMo JSON file")
     items = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(items, list) or not all("conversation" in item and "qa" in item for item in items):
         raise InvalidInputError(f"{path} is not LoCoMo-format: expected a list of items with 'conversation' and 'qa'")
@@ -142,8 +143,6 @@ def score(prediction: str, question: Question) -> float:
 @functools.cache
 def _stemmer():
     """nltk's Porter stemmer, as LoCoMo's metric uses (from the `bench` extra)."""
-    try:
-        from nltk.stem import PorterStemmer
-    except ImportError:
-        raise ImportError('LoCoMo\'s F1 stems words with nltk: pip install -e ".[bench]"') from None
+    from nltk.stem import PorterStemmer
+
     return PorterStemmer().stem

@@ -1,4 +1,4 @@
-"""`bench recipes`: compare training recipes from their `bench locomo` results, one row per run.
+"""`python -m benchmarks recipes`: compare training recipes from their `locomo` results, one row per run.
 
 A recipe is the training part of a run's config (learning rate, epochs, rank, target modules, KL
 weight, synthetic questions). For each result file this prints what the recipe changed from the
@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from templora_memory.bench import common
-from templora_memory.bench.locomo import paired
+from benchmarks import common
+from benchmarks.locomo import paired
 from templora_memory.config import TempLoraConfig
 
 RECIPE_FIELDS = (
@@ -31,9 +31,9 @@ RECIPE_FIELDS = (
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench recipes`."""
-    parser = subparsers.add_parser("recipes", help="one table comparing `bench locomo` results of several recipes")
-    parser.add_argument("results", nargs="+", help="JSON files written by `bench locomo --out`")
+    """Register `recipes`."""
+    parser = subparsers.add_parser("recipes", help="one table comparing `locomo` results of several recipes")
+    parser.add_argument("results", nargs="+", help="JSON files written by `python -m benchmarks locomo --out`")
     parser.add_argument("--form", default="chat", help="question form compared (default: chat)")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     parser.set_defaults(run=main)
@@ -52,7 +52,7 @@ def row(path: Path, form: str) -> dict[str, Any]:
     """One recipe's summary: its changes from the defaults, NLL per condition, paired wins, training cost."""
     result = json.loads(path.read_text(encoding="utf-8"))
     if result.get("benchmark") != "locomo":
-        raise SystemExit(f"{path} is not a `bench locomo` result (benchmark={result.get('benchmark')!r})")
+        raise SystemExit(f"{path} is not a `locomo` benchmark result (benchmark={result.get('benchmark')!r})")
     config, defaults = result["run"]["config"], TempLoraConfig().model_dump()
     changed = {k: config[k] for k in RECIPE_FIELDS if k in config and config[k] != defaults[k]}
     nll = {name: _form(summary, form)["nll"] for name, summary in result["conditions"].items()}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from langchain_core.messages import AIMessage, BaseMessage, ChatMessage, HumanMessage, SystemMessage, ToolMessage
 
 from templora_memory.errors import InvalidInputError
-from templora_memory.window import Message
+from templora_memory.message import Message
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 

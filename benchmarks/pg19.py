@@ -1,4 +1,4 @@
-"""`bench pg19`: the Temp-Lora paper's Table 1 protocol — PPL by position, base model vs Temp-Lora, on long books.
+"""`python -m benchmarks pg19`: the Temp-Lora paper's Table 1 — PPL by position, base vs Temp-Lora, on long books.
 
 For each book, split into chunks of Δ tokens: score the chunk with the base model and with the book's
 adapter, both given the same preceding L_X tokens, then train the adapter on it (the engine's own update).
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from templora_memory.bench import common
+from benchmarks import common
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.kv_cache import SINK_TOKENS
 
-DEFAULT_DATA = "../shared/data/pg19"
+DEFAULT_DATA = str(common.SHARED_DATA / "pg19")
 DEFAULT_BUCKETS = (8192, 16384, 32768)
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench pg19`."""
+    """Register `pg19`."""
     parser = subparsers.add_parser(
         "pg19", help="PPL by position on long books, base model vs Temp-Lora (paper Table 1)"
     )
@@ -57,10 +57,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def book_paths(data: Path, max_books: int | None) -> list[Path]:
     """The .txt files of a folder (or one file), sorted by name, at most `max_books`."""
-    if data.is_file():
+    if common.existing_data(data, "a folder of PG19 .txt books (or one .txt book)").is_file():
         return [data]
-    if not data.is_dir():
-        raise InvalidInputError(f"--data {data} is neither a folder of .txt books nor a .txt file")
     books = sorted(data.glob("*.txt"))[:max_books]
     if not books:
         raise InvalidInputError(f"no .txt books in {data}; point --data at a folder of PG19 books")
@@ -111,7 +109,7 @@ def run(
     overall, buckets = Tally(), [Tally() for _ in range(len(bounds) + 1)]
     chunks, per_book = [], []
     for book in common.progress(books, quiet, desc="books", unit="book"):
-        tokens = common.ids(engine, book.read_text(encoding="utf-8", errors="replace"))[:max_tokens]
+        tokens = engine.encode(book.read_text(encoding="utf-8", errors="replace"))[:max_tokens]
         book_tally = Tally()
         for record, base, adapted in score_book(engine, book.stem, tokens, quiet):
             for tally in (overall, book_tally, buckets[bucket_index(record["position"], bounds)]):
@@ -131,8 +129,7 @@ def run(
 def score_book(engine: MemoryEngine, name: str, tokens: list[int], quiet: bool):
     """Yield (record, base logprobs, Temp-Lora logprobs) per chunk: score first, then train on the chunk."""
     delta, window = engine.config.chunk_tokens, engine.config.window_tokens
-    agent = _agent(name)
-    engine.agent(agent)  # creates the adapter: LoRA B is zero, so it starts equal to the base model
+    agent = _agent(name)  # its adapter is created by the first scoring: LoRA B is zero, so it equals the base model
     for start in common.progress(range(0, len(tokens), delta), quiet, desc=name, unit="chunk", leave=False):
         # The very first token has no context to be scored from; it is input only.
         first = max(start, 1)

@@ -1,10 +1,10 @@
-"""`bench suites`: LangChain's standard chat-model suites on ParametricMemory and on ChatHuggingFace, in one run.
+"""`python -m benchmarks suites`: LangChain's standard chat-model suites on ParametricMemory and ChatHuggingFace.
 
 Both run the default model (SmolLM2-135M-Instruct) on this machine: ParametricMemory through
 tests/test_langchain_standard.py (every capability flag on), ChatHuggingFace over a transformers
-pipeline through `templora_memory/bench/chat_huggingface_suites.py` (flags at the suites' defaults).
-Each suite runs in its own pytest process; outcomes are read from its JUnit XML report. Run from the
-project root; needs the `test` and `compare` extras.
+pipeline through `benchmarks/chat_huggingface_suites.py` (flags at the suites' defaults).
+Each suite runs in its own pytest process, from the checkout's root; outcomes are read from its JUnit XML
+report. Needs the `test` and `compare` extras.
 """
 
 from __future__ import annotations
@@ -19,17 +19,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from templora_memory.bench import common
+from benchmarks import common
+from templora_memory.errors import InvalidInputError
 
 SUITES = {
     "ParametricMemory": "tests/test_langchain_standard.py",
-    "ChatHuggingFace": str(Path(__file__).with_name("chat_huggingface_suites.py")),
+    "ChatHuggingFace": "benchmarks/chat_huggingface_suites.py",
 }
+"""Each suite's pytest file, relative to the checkout's root (`common.REPO`)."""
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench suites`."""
+    """Register `suites`."""
     parser = subparsers.add_parser("suites", help="LangChain standard suites: ParametricMemory vs ChatHuggingFace")
     parser.add_argument("--out", default="results/suites.json", help="JSON results (default: results/suites.json)")
     parser.add_argument("--only", default=",".join(SUITES), help=f"suites to run (default: {','.join(SUITES)})")
@@ -48,14 +50,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_suite(path: str) -> dict[str, Any]:
-    """Run one pytest file; its outcome counts, every test's outcome, and the reason of each skip or xfail."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found: run `templora-memory bench suites` from the project root")
+    """Run one pytest file of the checkout; its outcome counts, every test's outcome, each skip or xfail's reason."""
+    if not (common.REPO / path).is_file():
+        raise InvalidInputError(f"{common.REPO / path} not found: the suites run from a full checkout")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
         started = time.perf_counter()
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", path]
-        subprocess.run(command, check=False)
+        subprocess.run(command, check=False, cwd=common.REPO)
         seconds = round(time.perf_counter() - started, 1)
         tests = read_report(report)
     counts = Counter(test["outcome"] for test in tests)

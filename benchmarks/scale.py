@@ -1,4 +1,4 @@
-"""`bench scale`: many agents over one base model — disk per agent, RSS, switch latency, interleaved throughput.
+"""`python -m benchmarks scale`: many agents on one base model — disk per agent, RSS, switch latency, throughput.
 
 N agents (default 1,000) each receive T turns (default 10) from a LoCoMo conversation, interleaved
 round-robin, with at most R adapters resident (default 100), so nearly every call brings its agent back
@@ -6,7 +6,7 @@ from the store and sends another one out. One extra agent absorbs a chunk of tex
 trained adapter costs on disk (weights and optimizer state).
 
 Δ and L_X default to 2,048 here so that no chunk trains during the conversations: this benchmark
-measures switching and persistence; `bench cost` measures training.
+measures switching and persistence; `python -m benchmarks cost` measures training.
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from templora_memory.adapters import adapter_name
-from templora_memory.bench import common
-from templora_memory.bench import locomo_data as data
+from benchmarks import common
+from benchmarks import locomo_data as data
 from templora_memory.engine import MemoryEngine
+from templora_memory.store import store_key
 
-DEFAULT_DATA = "../shared/data/locomo/locomo_dev.json"
+DEFAULT_DATA = common.LOCOMO_DEV
 
 
 def add_parser(subparsers) -> None:
-    """Register `bench scale`."""
+    """Register `scale`."""
     parser = subparsers.add_parser("scale", help="1,000 agents on one base model: disk, RSS, switch latency")
     common.add_common_options(parser, DEFAULT_DATA, "results/scale.json", chunk_tokens=2048, window_tokens=2048)
     parser.add_argument("--agents", type=int, default=1000, help="agents created (default: 1000)")
@@ -77,7 +77,7 @@ def run(engine: MemoryEngine, messages: list[dict], agents: int, turns: int, qui
     hits = _resident_hits(engine, messages, turns)
     after_conversation = _disk_mib(engine, ids[0])
     chunks = engine.stats(ids[0]).chunks_trained
-    text = common.ids(engine, " ".join(m["content"] for m in messages))
+    text = engine.encode(" ".join(m["content"] for m in messages))
     engine.write_tokens("trained-agent", text[: min(512, engine.config.chunk_tokens)])  # one (short) trained chunk
     return {
         "agents": agents,
@@ -117,7 +117,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float | None]:
 
 
 def _disk_mib(engine: MemoryEngine, agent: str) -> float:
-    return round(_tree_bytes(engine.store.directory(adapter_name(agent))) / 2**20, 3)
+    return round(_tree_bytes(engine.store.directory(store_key(agent))) / 2**20, 3)
 
 
 def _tree_bytes(root: Path) -> int:

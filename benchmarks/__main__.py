@@ -1,0 +1,5 @@
+"""`python -m benchmarks pg19|locomo|recipes|cost|scale|constrain|suites ...` (from the checkout's root)."""
+
+from benchmarks import main
+
+raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""One agent's conversation: which turns are new, how they render, and which of them the prompt window holds.
+
+Pure bookkeeping over the tokenizer's chat template: no model, no training, no I/O. The conversation
+is a token stream (paper: the text Y); tokens not yet written into the adapter are `pending` (m in
+Algorithm 1), the last L_T written ones stay as the next chunk's training input, and the prompt is
+the system message plus the newest whole turns that fit L_X.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from transformers import PreTrainedTokenizerBase
+
+from templora_memory.errors import InvalidInputError
+from templora_memory.message import Message, Turn, fingerprint
+from templora_memory.tools import ToolSchema, as_text_turns, supports_tools
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class ChatRenderer:
+    """Turns messages into token ids with the tokenizer's own chat template.
+
+    A template that renders no tools gets tools, tool calls and tool results written into the message
+    text in the Hermes format (`templora_memory.tools.as_text_turns`).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.native_tools = supports_tools(tokenizer.chat_template)
+
+    def turn(self, message: Message, previous: Message | None) -> Turn:
+        """Render `message` as it appears after `previous` in a conversation (the template's per-turn tokens)."""
+        anchor = [previous] if previous is not None else [{"role": "system", "content": ""}]
+        before = self._text(anchor)
+        after = self._text([*anchor, message])
+        text = after[len(before) :] if after.startswith(before) else self._text([message])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Turn(message=message, tokens=tuple(ids), fingerprint=fingerprint(message))
+
+    def turns(self, messages: Sequence[Message], previous: Message | None = None) -> list[Turn]:
+        """Messages rendered as consecutive turns following `previous`."""
+        rendered: list[Turn] = []
+        for message in messages:
+            rendered.append(self.turn(message, rendered[-1].message if rendered else previous))
+        return rendered
+
+    def prompt(
+        self, system: Sequence[Message], turns: Sequence[Turn], tools: list[ToolSchema] | None = None
+    ) -> list[int]:
+        """Token ids of system + turns, ending with the template's assistant header (ready to generate)."""
+        messages = [*system, *(turn.message for turn in turns)]
+        text = self._text(messages, add_generation_prompt=True, tools=tools)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def reply(
+        self, system: Sequence[Message], messages: Sequence[Message], reply: Message
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt before `reply` (generation header included) and of `reply` as the template ends it.
+
+        A template that does not render the conversation as prompt + reply gets the reply's text and eos.
+        """
+        before = self._text([*system, *messages], add_generation_prompt=True)
+        after = self._text([*system, *messages, reply])
+        text = after[len(before) :] if after.startswith(before) else f"{reply['content']}{self.tokenizer.eos_token}"
+        prompt_ids = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        return prompt_ids, self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _text(
+        self, messages: Sequence[Message], add_generation_prompt: bool = False, tools: list[ToolSchema] | None = None
+    ) -> str:
+        if not self.native_tools:
+            messages, tools = as_text_turns(list(messages), tools), None
+        return self.tokenizer.apply_chat_template(
+            list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+
+class PromptWindow:
+    """L_X: which of the newest whole turns fit the prompt next to the system message (and tools)."""
+
+    def __init__(self, renderer: ChatRenderer, window_tokens: int) -> None:
+        self.renderer = renderer
+        self.window_tokens = window_tokens
+
+    def render(self, messages: Sequence[Message], previous: Message | None) -> list[Turn]:
+        """Messages as turns following `previous`; a turn longer than the window is refused (nothing is rendered)."""
+        turns = self.renderer.turns(messages, previous)
+        for turn in turns:
+            if len(turn.tokens) > self.window_tokens:
+                raise InvalidInputError(
+                    f"a {turn.message['role']} message of {len(turn.tokens)} tokens is longer than window_tokens="
+                    f"{self.window_tokens}; shorten it, raise window_tokens, or write long text with absorb()"
+                )
+        return turns
+
+    def start(self, system: Sequence[Message], turns: Sequence[Turn], tools: list[ToolSchema] | None = None) -> int:
+        """Index of the oldest turn in the window: the prompt, headers and tools included, fits in L_X."""
+        # a first guess from the fixed overhead; the loop below is exact
+        overhead = len(self.renderer.prompt(system, [], tools)) if system else 0
+        start = window_start(turns, self.window_tokens - overhead)
+        while start < len(turns) and len(self.renderer.prompt(system, turns[start:], tools)) > self.window_tokens:
+            start += 1
+        if turns and start >= len(turns):
+            raise InvalidInputError(
+                f"the newest turn does not fit in window_tokens={self.window_tokens} next to the system "
+                f"message and tools ({overhead} tokens); raise window_tokens or shorten the system message"
+            )
+        return start
+
+
+@dataclass
+class Conversation:
+    """An agent's turns in reach of the window, every turn's identity, and its written and pending tokens."""
+
+    system: list[Message] = field(default_factory=list)
+    """The last system message(s) received, reused when a call brings none."""
+    turns: list[Turn] = field(default_factory=list)
+    """Recent turns that may still appear in a window, oldest first."""
+    fingerprints: list[str] = field(default_factory=list)
+    """Identity of every turn ever received, oldest first (to never write a turn twice)."""
+    written: list[int] = field(default_factory=list)
+    """The last L_T tokens already written: training input for the next chunk."""
+    pending: list[int] = field(default_factory=list)
+    """Tokens not yet written, oldest first (m in Algorithm 1)."""
+
+    @property
+    def last_message(self) -> Message | None:
+        """The newest turn's message (what the next turn is rendered after)."""
+        return self.turns[-1].message if self.turns else None
+
+    def unseen(self, messages: Sequence[Message]) -> list[Message]:
+        """The messages not seen before: drop the longest prefix that repeats the end of what was seen."""
+        prints = [fingerprint(m) for m in messages]
+        for overlap in range(min(len(self.fingerprints), len(prints)), 0, -1):
+            if self.fingerprints[-overlap:] == prints[:overlap]:
+                return list(messages[overlap:])
+        return list(messages)
+
+    def append(self, turn: Turn) -> None:
+        """Receive one turn: its tokens join the pending stream."""
+        self.turns.append(turn)
+        self.fingerprints.append(turn.fingerprint)
+        self.pending.extend(turn.tokens)
+
+    def unwritten_outside(self, start: int) -> int:
+        """Pending tokens that a window starting at turn `start` no longer holds (they must be written first)."""
+        return max(0, len(self.pending) - sum(len(turn.tokens) for turn in self.turns[start:]))
+
+    def mark_written(self, n_tokens: int, train_context_tokens: int) -> list[int]:
+        """Move the first `n_tokens` pending tokens to the written stream (keeping its last L_T); returns them."""
+        chunk, self.pending = self.pending[:n_tokens], self.pending[n_tokens:]
+        self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
+        return chunk
+
+    def drop_before(self, start: int) -> None:
+        """Forget the text of turns before `start`: they left the window and are written."""
+        self.turns = self.turns[start:]
+
+
+def window_start(turns: Sequence[Turn], budget: int) -> int:
+    """Index of the oldest turn such that turns[index:] fit in `budget` tokens (whole turns only).
+
+    Returns `len(turns)` when not even the newest turn fits.
+    """
+    used = 0
+    for index in range(len(turns) - 1, -1, -1):
+        used += len(turns[index].tokens)
+        if used > budget:
+            return index + 1
+    return 0
+
+
+def split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """System messages (kept out of memory, always in the prompt) and conversation turns."""
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    if len(system) > 1:
+        system = [{"role": "system", "content": "\n\n".join(str(m["content"]) for m in system)}]
+    return system, turns
+
+
+def check_messages(messages: object) -> None:
+    """Messages must be chat-template dicts with a known role; empty content is allowed (tool-call turns)."""
+    if isinstance(messages, (str, bytes, dict)) or not isinstance(messages, Sequence):
+        raise InvalidInputError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidInputError(
+                f"message {index} must be a dict with a role among {ROLES}, got {str(message)[:60]!r}"
+            )
+        if not isinstance(message.get("content", ""), (str, list)):
+            raise InvalidInputError(
+                f"message {index} has content of type {type(message['content']).__name__}; pass text"
+            )

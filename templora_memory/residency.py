@@ -1,0 +1,267 @@
+"""Which agents are in RAM: LRU order, per-agent locks, and load / evict / commit / restore through the store.
+
+At most `max_resident` adapters stay in RAM; the least recently used idle agent goes to the store and
+comes back on its next call (into the adapter slot of the agent leaving). Every commit goes through
+`Residency.commit`: after each write call, each trained chunk, on eviction and on request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from templora_memory import trainer
+from templora_memory.adapters import AdapterBank
+from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agent_id
+from templora_memory.config import TempLoraConfig
+from templora_memory.conversation import ChatRenderer
+from templora_memory.errors import ConfigError, StoreError
+from templora_memory.kv_cache import PromptCache, RopeShift
+from templora_memory.message import Turn
+from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, Weights, store_key
+
+_SHAPE_FIELDS = ("lora_rank", "lora_alpha", "target_modules")  # a stored adapter must match these
+
+
+def check_max_resident(max_resident: object) -> None:
+    """`max_resident` must be a positive integer, or None for no limit."""
+    if max_resident is not None and (
+        isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1
+    ):
+        raise ConfigError(f"max_resident must be a positive integer or None (no limit), got {max_resident!r}")
+
+
+class Residency:
+    """The resident agents of one engine, and the only place that loads, evicts and commits them."""
+
+    def __init__(
+        self,
+        bank: AdapterBank,
+        config: TempLoraConfig,
+        model_name: str,
+        renderer: ChatRenderer,
+        model_lock: threading.RLock,
+        store: AgentStore | None = None,
+        max_resident: int | None = None,
+        rope_shift: RopeShift | None = None,
+    ) -> None:
+        self.bank = bank
+        self.config = config
+        self.model_name = model_name
+        self.renderer = renderer
+        self.model_lock = model_lock
+        self.store = store
+        self.max_resident = max_resident
+        self.rope_shift = rope_shift
+        self._agents: OrderedDict[str, AgentState] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def locked(self, agent_id: str) -> Iterator[AgentState]:
+        """The agent's state, resident and locked by this thread (an agent in use is never evicted)."""
+        check_agent_id(agent_id)
+        while True:
+            state = self._resident(agent_id)
+            with state.lock:
+                if state.evicted:
+                    continue  # evicted between the lookup and the lock: look it up again
+                state.users += 1
+                try:
+                    yield state
+                finally:
+                    state.users -= 1
+                return
+
+    @contextlib.contextmanager
+    def writing(self, agent_id: str) -> Iterator[AgentState]:
+        """`locked`, and the agent is committed when the block completes (not when it fails)."""
+        with self.locked(agent_id) as state:
+            yield state
+            self.commit(state)
+
+    @contextlib.contextmanager
+    def reading(self, agent_id: str | None, cache: PromptCache | None) -> Iterator[PromptCache | None]:
+        """The agent locked for a read (nothing to lock for the base model, None), and the KV cache to read with:
+        `cache` if the caller keeps one, else the agent's own."""
+        if agent_id is None:
+            yield cache
+            return
+        with self.locked(agent_id) as state:
+            yield cache if cache is not None else self.own_cache(state)
+
+    def own_cache(self, state: AgentState) -> PromptCache | None:
+        """The agent's KV cache when `cache_reuse` is on (kept while the agent is resident, never stored)."""
+        if not self.config.cache_reuse:
+            return None
+        if state.kv is None:
+            state.kv = PromptCache(self.rope_shift)
+        return state.kv
+
+    def ids(self) -> list[str]:
+        """Ids of the agents that have a memory, in RAM or in the store."""
+        with self._lock:
+            ids = set(self._agents)
+        if self.store is not None:
+            ids.update(self.store.record(key).get("agent_id", key) for key in self.store.keys())
+        return sorted(ids)
+
+    def resident_ids(self) -> list[str]:
+        """Ids of the agents whose adapter is in RAM, least recently used first."""
+        with self._lock:
+            return list(self._agents)
+
+    def stats(self, agent_id: str) -> AgentStats:
+        """The agent's counters, read from RAM or from its stored record without loading it (zeros if unknown)."""
+        check_agent_id(agent_id)
+        state = self._agents.get(agent_id)
+        if state is None and self.store is not None and self.store.has(store_key(agent_id)):
+            record = self.store.record(store_key(agent_id))
+            state = AgentState.from_record(agent_id, record) if record else None
+        return (state or AgentState(agent_id)).stats()
+
+    def forget(self, agent_id: str) -> bool:
+        """Remove the agent from RAM and the store; False if it had no memory."""
+        check_agent_id(agent_id)
+        with self._lock:
+            state = self._agents.pop(agent_id, None)
+            stored = self.store is not None and self.store.has(store_key(agent_id))
+            if stored:
+                self.store.delete(store_key(agent_id))
+        if state is not None:
+            with state.lock, self.model_lock:
+                state.evicted = True
+                self.bank.delete(agent_id)
+                state.optimizer = None
+        return state is not None or stored
+
+    def save(self, agent_id: str) -> None:
+        """Commit the agent, weights included."""
+        self._require_store("save")
+        with self.locked(agent_id) as state:
+            self.commit(state, weights=True)
+
+    def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
+        """Commit the agent, then copy its committed version and journal into the new directory `destination`."""
+        self._require_store("export")
+        with self.locked(agent_id) as state:
+            self.commit(state, weights=True)
+            return self.store.export(store_key(agent_id), destination)
+
+    def import_(self, source: str | os.PathLike, agent_id: str) -> AgentStats:
+        """Install an exported agent directory as `agent_id`, which must have no memory in RAM or the store."""
+        self._require_store("import")
+        check_agent_id(agent_id)
+        with self._lock:  # every resident agent is in the store too, so the store's check covers both
+            self.store.import_(store_key(agent_id), source)
+        with self.locked(agent_id) as state:
+            return state.stats()
+
+    def journal(self, state: AgentState, turns: Sequence[Turn]) -> None:
+        """Make received turns durable before they are kept (replayed after a crash before the next commit)."""
+        if self.store is None:
+            return
+        seen = len(state.conversation.fingerprints)
+        for offset, turn in enumerate(turns):
+            self.store.journal(store_key(state.agent_id), seen + offset, turn.message)
+
+    def commit(self, state: AgentState, weights: bool = False) -> None:
+        """Persist the agent; its weights only when trained since the last commit (or when asked)."""
+        if self.store is None:
+            return
+        record = {"format_version": FORMAT_VERSION, "model": self.model_name, "config": self.config.model_dump()}
+        payload = None
+        if weights or state.steps != state.saved_steps:
+            with self.model_lock:
+                tensors, peft_config = self.bank.weights(state.agent_id)
+            peft_config["base_model_name_or_path"] = self.model_name
+            optimizer = state.optimizer.state_dict() if state.optimizer is not None else None
+            payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer)
+        self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload)
+        state.saved_steps = state.steps
+
+    def _resident(self, agent_id: str) -> AgentState:
+        with self._lock:
+            state = self._agents.get(agent_id)
+            if state is None:
+                self._make_room()  # first, so the agent coming in reuses the adapter slot of one leaving
+                state = self._agents[agent_id] = self._load_or_create(agent_id)
+            self._agents.move_to_end(agent_id)
+            return state
+
+    def _load_or_create(self, agent_id: str) -> AgentState:
+        """Bring a stored agent back into RAM, or create a fresh one (LoRA B = 0: the base model's behaviour)."""
+        key = store_key(agent_id)
+        stored = self.store.load(key) if self.store is not None and self.store.has(key) else None
+        if stored is not None and stored.record:
+            self._check_compatible(key, stored.record)
+        with self.model_lock:
+            self.bank.add(agent_id, seed=agent_seed(self.config.seed, agent_id))
+            try:
+                state = self._restore(agent_id, stored) if stored is not None else AgentState(agent_id)
+            except Exception:
+                self.bank.delete(agent_id)
+                raise
+        if stored is None:
+            self.commit(state)  # a new agent is listed by the store at once
+        return state
+
+    def _restore(self, agent_id: str, stored: StoredAgent) -> AgentState:
+        """The agent as last committed, plus the turns journaled after that commit (written at its next write)."""
+        state = AgentState.from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
+        where = self.store.directory(store_key(agent_id))
+        if stored.weights is not None:
+            try:
+                self.bank.load_weights(agent_id, stored.weights.adapter)
+            except (ValueError, RuntimeError) as exc:
+                raise StoreError(f"the adapter in {where} does not fit this model: {exc}") from exc
+            if stored.weights.optimizer is not None:
+                state.optimizer = trainer.new_optimizer(self.bank.parameters(agent_id), self.config)
+                state.optimizer.load_state_dict(stored.weights.optimizer)
+        elif state.steps:
+            raise StoreError(f"{where} lost the weights of a trained adapter")
+        talk = state.conversation
+        backlog = [message for seq, message in stored.journal if seq >= len(talk.fingerprints)]
+        for turn in self.renderer.turns(backlog, talk.last_message):
+            talk.append(turn)
+        return state
+
+    def _make_room(self) -> None:
+        """Send least recently used, idle agents to the store until one more fits under `max_resident`."""
+        if self.max_resident is None:
+            return
+        for agent_id in list(self._agents):
+            if len(self._agents) < self.max_resident:
+                return
+            state = self._agents[agent_id]
+            if not state.lock.acquire(blocking=False):
+                continue
+            try:
+                if state.users or state.job is not None:
+                    continue
+                self.commit(state)
+                with self.model_lock:
+                    self.bank.delete(agent_id, release=False)  # the slot is reused by the agent coming in
+                state.optimizer, state.evicted = None, True
+                del self._agents[agent_id]
+            finally:
+                state.lock.release()
+
+    def _require_store(self, verb: str) -> None:
+        if self.store is None:
+            raise ConfigError(f"{verb} needs a store: create the engine with store='path/to/dir'")
+
+    def _check_compatible(self, key: str, record: dict) -> None:
+        """A stored agent must have been trained for this model with this LoRA shape."""
+        stored_config = record.get("config", {})
+        different = [f for f in _SHAPE_FIELDS if stored_config.get(f) != getattr(self.config, f)]
+        if different or record.get("model") != self.model_name:
+            detail = ", ".join(f"{f}={stored_config.get(f)!r} (engine: {getattr(self.config, f)!r})" for f in different)
+            raise StoreError(
+                f"the agent in {self.store.directory(key)} was trained for model {record.get('model')!r}"
+                + (f" with {detail}" if detail else "")
+                + f"; this engine runs {self.model_name!r}. Load it with the same model and LoRA shape."
+            )

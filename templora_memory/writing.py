@@ -1,0 +1,222 @@
+"""Writing turns into an agent's adapter: one path from a due chunk to a Temp-Lora update, two deployments.
+
+Both deployments build a chunk's job the same way (`ChunkWriter._job`: the chunk, the L_T tokens before
+it, a seed), run the same update (`run_update`: synthetic questions if asked for, then seeded
+`trainer.train_chunk`) and book it the same way (`ChunkWriter._book`: counters, the next L_T context, a
+commit). They differ only in when a full chunk trains (paper §3.2):
+
+- `ChunkWriter` (cascaded, the default) trains each full chunk before the call returns;
+- `ParallelWriter` trains it in a background thread on a copy of the base model while replies keep using
+  the previous adapter, and swaps the trained weights in at the agent's next write.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from templora_memory import trainer
+from templora_memory.adapters import AdapterBank
+from templora_memory.agent import AgentState, ChunkJob, agent_seed
+from templora_memory.config import TempLoraConfig
+from templora_memory.errors import TemploraError
+from templora_memory.synthetic import QuestionWriter
+
+Commit = Callable[[AgentState], None]
+"""Persists an agent (the residency's commit); called after every trained chunk."""
+_SLOT = "background-job"  # the replica's one adapter, loaded with each job's weights in turn
+
+
+def run_update(
+    model: PeftModel, optimizer: torch.optim.Optimizer, job: ChunkJob, config: TempLoraConfig, questions: QuestionWriter
+) -> None:
+    """The Temp-Lora update of one chunk: its synthetic pairs (by the base model), then seeded training steps."""
+    started = time.perf_counter()
+    job.pairs = questions.write(model, job.chunk, job.seed)
+    extra = questions.batch(job.system, job.pairs)
+    with trainer.seeded(job.seed):
+        job.loss = trainer.train_chunk(model, job.input_ids, job.labels, optimizer, config, job.first_step, extra)
+    job.seconds = time.perf_counter() - started
+
+
+class ChunkWriter:
+    """Cascaded deployment: every full chunk is trained into the agent's adapter before the call returns."""
+
+    def __init__(
+        self,
+        bank: AdapterBank,
+        config: TempLoraConfig,
+        model_lock: threading.RLock,
+        questions: QuestionWriter,
+        commit: Commit,
+    ) -> None:
+        self.bank = bank
+        self.config = config
+        self.model_lock = model_lock
+        self.questions = questions
+        self.commit = commit
+
+    def write(self, state: AgentState, in_window: int) -> None:
+        """Write every chunk that is due, and right away the pending tokens a window of `in_window` tokens lost."""
+        self.write_due(state)
+        if len(state.conversation.pending) <= in_window:
+            return
+        self.settle(state, wait=True)  # the window moved on: its tokens cannot wait for a background job
+        overflow = len(state.conversation.pending) - in_window
+        if overflow > 0:
+            self.write_now(state, overflow)
+            self.write_due(state)
+
+    def write_all(self, state: AgentState, progress: bool = False) -> None:
+        """Write every pending token now, in chunks of Δ (the last one may be shorter), with a progress bar."""
+        self.settle(state, wait=True)
+        pending = state.conversation.pending
+        chunks = -(-len(pending) // self.config.chunk_tokens)
+        with tqdm(total=chunks, desc=f"writing into {state.agent_id}", unit="chunk", disable=not progress) as bar:
+            while state.conversation.pending:
+                self.write_now(state, min(self.config.chunk_tokens, len(state.conversation.pending)))
+                bar.update(1)
+                bar.set_postfix(loss=f"{state.last_loss:.3f}")
+
+    def finish(self, state: AgentState) -> None:
+        """Train every due chunk to the end, background ones included."""
+        self.settle(state, wait=True)
+        self.write_due(state)
+        while state.job is not None:
+            self.settle(state, wait=True)
+            self.write_due(state)
+
+    def write_due(self, state: AgentState) -> None:
+        """Train each full chunk of Δ pending tokens."""
+        while len(state.conversation.pending) >= self.config.chunk_tokens:
+            self.write_now(state, self.config.chunk_tokens)
+
+    def settle(self, state: AgentState, wait: bool) -> None:
+        """Take in a chunk trained in the background; nothing trains there in this deployment."""
+
+    def write_now(self, state: AgentState, n_tokens: int) -> None:
+        """Train the next `n_tokens` pending tokens into the agent's adapter on the serving model."""
+        if state.job is not None:
+            raise TemploraError("a chunk is training in the background; settle it before writing synchronously")
+        job = self._job(state, n_tokens)
+        with self.model_lock, self.bank.active(state.agent_id) as model:
+            state.optimizer = state.optimizer or trainer.new_optimizer(
+                self.bank.parameters(state.agent_id), self.config
+            )
+            run_update(model, state.optimizer, job, self.config, self.questions)
+        self._book(state, job)
+
+    def _new_optimizer(self, state: AgentState) -> torch.optim.Optimizer:
+        return trainer.new_optimizer(self.bank.parameters(state.agent_id), self.config)
+
+    def _job(self, state: AgentState, n_tokens: int) -> ChunkJob:
+        """The next chunk of `n_tokens` pending tokens, with the L_T written tokens before it as unscored input."""
+        talk = state.conversation
+        chunk = talk.pending[:n_tokens]
+        input_ids, labels = trainer.build_example(talk.written, chunk, self.config.train_context_tokens)
+        return ChunkJob(
+            n_tokens=n_tokens,
+            input_ids=input_ids,
+            labels=labels,
+            chunk=chunk,
+            system=list(talk.system),
+            first_step=state.steps,
+            seed=agent_seed(self.config.seed, state.agent_id) + state.chunks_trained + 1,
+        )
+
+    def _book(self, state: AgentState, job: ChunkJob) -> None:
+        """Count a trained chunk, move its tokens to the written stream, and commit before the next one starts."""
+        state.last_loss = job.loss
+        state.train_seconds += job.seconds
+        state.last_questions = job.pairs
+        state.questions_written += len(job.pairs)
+        state.steps += self.config.epochs
+        state.chunks_trained += 1
+        state.tokens_written += len(state.conversation.mark_written(job.n_tokens, self.config.train_context_tokens))
+        self.commit(state)
+
+
+class ParallelWriter(ChunkWriter):
+    """Parallel deployment: full chunks train in a background thread on a private copy of the base model.
+
+    The copy is what lets training and generation run at the same time: each thread has its own modules,
+    and no adapter switch of one can disturb the other. One job per agent is in flight at a time.
+    """
+
+    def __init__(
+        self,
+        bank: AdapterBank,
+        config: TempLoraConfig,
+        model_lock: threading.RLock,
+        questions: QuestionWriter,
+        commit: Commit,
+        base_copy: PreTrainedModel,
+    ) -> None:
+        super().__init__(bank, config, model_lock, questions, commit)
+        self.replica = AdapterBank(base_copy, config)
+        self.replica.add(_SLOT, seed=0)
+        self._jobs: queue.Queue[ChunkJob] = queue.Queue()
+        threading.Thread(target=self._work, name="templora-background-trainer", daemon=True).start()
+
+    def write_due(self, state: AgentState) -> None:
+        """Take in a finished job, then hand the next full chunk to the background thread."""
+        self.settle(state, wait=False)
+        if state.job is None and len(state.conversation.pending) >= self.config.chunk_tokens:
+            state.job = self._submit(state)
+
+    def settle(self, state: AgentState, wait: bool) -> None:
+        """Swap in the weights of the agent's finished background job (waiting for it if asked) and book it."""
+        job = state.job
+        if job is None or not (wait or job.done.is_set()):
+            return
+        job.done.wait()
+        state.job = None
+        if job.error is not None:
+            raise TemploraError(f"background training of agent {state.agent_id!r} failed: {job.error}") from job.error
+        with self.model_lock, torch.no_grad():
+            for parameter, trained in zip(self.bank.parameters(state.agent_id), job.trained, strict=True):
+                parameter.copy_(trained)
+        state.optimizer = state.optimizer or self._new_optimizer(state)
+        state.optimizer.load_state_dict(job.trained_optimizer_state)
+        self._book(state, job)
+
+    def _submit(self, state: AgentState) -> ChunkJob:
+        """The next full chunk's job, carrying the agent's weights and optimizer state as they are now."""
+        job = self._job(state, self.config.chunk_tokens)
+        with self.model_lock:
+            job.weights = [p.detach().clone() for p in self.bank.parameters(state.agent_id)]
+        job.optimizer_state = copy.deepcopy(state.optimizer.state_dict()) if state.optimizer is not None else None
+        self._jobs.put(job)
+        return job
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                self._train(job)
+            except BaseException as exc:  # handed to the agent's next write, which raises it
+                job.error = exc
+            finally:
+                job.done.set()
+
+    def _train(self, job: ChunkJob) -> None:
+        """Load the job's weights into the replica's slot, run the update there, and keep the trained weights."""
+        parameters = self.replica.parameters(_SLOT)
+        with torch.no_grad():
+            for parameter, weight in zip(parameters, job.weights, strict=True):
+                parameter.copy_(weight)
+        optimizer = trainer.new_optimizer(parameters, self.config)
+        if job.optimizer_state is not None:
+            optimizer.load_state_dict(job.optimizer_state)
+        with self.replica.active(_SLOT) as model:
+            run_update(model, optimizer, job, self.config, self.questions)
+        job.trained = [p.detach().clone() for p in parameters]
+        job.trained_optimizer_state = optimizer.state_dict()
