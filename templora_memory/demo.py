@@ -50,12 +50,12 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
             f"chunks {stats.chunks_trained} | fact in prompt: {'yes' if fact_in_window else 'no, only in adapter'}]"
         )
     engine.add_turns(AGENT, [{"role": "user", "content": QUESTION}])
+    engine.wait(AGENT)  # what the question pushed out of the window is written before the prompt is read
     prompt = engine.prompt_ids(AGENT)
-    answer_ids = engine.tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
+    answer_ids = engine.encode(ANSWER)
     sampling = Sampling(max_new_tokens=memory.config.max_new_tokens, repetition_penalty=memory.repetition_penalty)
     print(f"\ntraveller: {QUESTION}   (the fact left the prompt; prompt is {len(prompt)} tokens)")
-    answer_start = engine.tokenizer(ANSWER.removesuffix(KEYWORD), add_special_tokens=False)["input_ids"]
-    keyword_ids = engine.tokenizer(KEYWORD, add_special_tokens=False)["input_ids"]
+    answer_start, keyword_ids = engine.encode(ANSWER.removesuffix(KEYWORD)), engine.encode(KEYWORD)
     results = {}
     for label, agent in (("window only (base model)", None), ("window + adapter", AGENT)):
         text = "".join(engine.stream_completion(agent, prompt, sampling)).strip()

@@ -49,13 +49,6 @@ class ParsedReply:
     invalid_calls: list[dict[str, Any]]
     """Blocks that looked like calls but did not parse: {"name", "args" (raw text), "id", "error"}."""
 
-    def message(self) -> Message:
-        """The assistant message as the chat template (and `messages.to_template`) writes it."""
-        message: Message = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
-        return message
-
 
 def supports_tools(chat_template: str | None) -> bool:
     """True if the chat template renders a `tools` list (otherwise tools passed to it are silently lost)."""

@@ -1,9 +1,14 @@
-"""`TemploraLLM`: a LlamaIndex LLM over a `MemoryEngine`; each agent id has its own Temp-Lora memory."""
+"""`TemploraLLM`: a LlamaIndex LLM over a `MemoryEngine`; each agent id has its own Temp-Lora memory.
+
+It is a `FunctionCallingLLM`: tools are offered through the engine's `ToolOffer` (the same tool choices as
+LangChain's `ParametricMemory`), a required call is generated under a grammar built from the tools' JSON
+schemas, and calls come back OpenAI-style in the assistant message's `additional_kwargs["tool_calls"]`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -17,14 +22,25 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from templora_memory.integrations.llamaindex._messages import to_template
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from templora_memory.integrations.llamaindex._messages import call_arguments, from_template, to_template
 
-from templora_memory import MemoryEngine, TempLoraConfig
+from templora_memory import InvalidInputError, MemoryEngine, TempLoraConfig
 from templora_memory.generation import Sampling
+from templora_memory.offer import ToolOffer
+from templora_memory.replies import Reply, ReplyStream
+
+if TYPE_CHECKING:
+    from llama_index.core.tools.types import BaseTool
 
 
-class TemploraLLM(CustomLLM):
+class TemploraLLM(FunctionCallingLLM, CustomLLM):
     """A local chat LLM that remembers: turns leaving the prompt window are trained into the agent's LoRA.
+
+    `chat` and `stream_chat` take `tools` (OpenAI tool schemas), `tool_choice` ("auto", "none",
+    "required" / "any" / True, or a tool name) and `response_format` (JSON mode or a JSON schema);
+    `chat_with_tools`, `predict_and_call`, `structured_predict` and `as_structured_llm` build on them.
 
     Example:
         >>> from llama_index.core.chat_engine import SimpleChatEngine  # doctest: +SKIP
@@ -47,6 +63,7 @@ class TemploraLLM(CustomLLM):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex serialises this class under."""
         return "TemploraLLM"
 
     @property
@@ -56,11 +73,13 @@ class TemploraLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
+        """Window, reply cap and model name; a chat model that calls functions."""
         config = self._engine.config
         return LLMMetadata(
             context_window=config.window_tokens,
             num_output=self.max_tokens or config.max_new_tokens,
             is_chat_model=True,
+            is_function_calling_model=True,
             model_name=self._engine.model_name,
         )
 
@@ -86,19 +105,55 @@ class TemploraLLM(CustomLLM):
         """Streaming `complete`: each response carries the text so far and the newest piece as `delta`."""
         return self._stream_complete(prompt, formatted, **kwargs)
 
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """`chat` arguments offering `tools`: tool choice "required" if `tool_required`, else "auto" (or as passed)."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(
+                ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg
+            )
+        choice = kwargs.pop("tool_choice", None) or ("required" if tool_required else "auto")
+        schemas = [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
+        return {"messages": messages, "tools": schemas, "tool_choice": choice, **kwargs}
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """The reply's calls (in `additional_kwargs["tool_calls"]`); none raises if `error_on_no_tool_call`."""
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise InvalidInputError(f"expected a tool call, got a reply without one: {response.message.content!r:.80}")
+        return [
+            ToolSelection(tool_id=call["id"], tool_name=call["function"]["name"], tool_kwargs=call_arguments(call))
+            for call in calls
+        ]
+
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Start the reply (a bad tool choice or message fails here, before any streaming) and stream it."""
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
-        stream = self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs))
-        text = ""
-        for piece in stream:
-            text += piece
-            yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
-        reply = stream.reply
-        usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
-        final = ChatMessage(role=MessageRole.ASSISTANT, content=reply.content)
-        yield ChatResponse(message=final, delta="", additional_kwargs=usage)
+        offer = self._offer(kwargs)
+        return _responses(self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), offer=offer))
+
+    def _offer(self, kwargs: dict[str, Any]) -> ToolOffer:
+        """Pop a call's tool options (tools, tool_choice, response_format) into the engine's `ToolOffer`."""
+        return ToolOffer.of(
+            kwargs.pop("tools", None),
+            kwargs.pop("tool_choice", None),
+            kwargs.pop("response_format", None),
+            self._engine.tokenizer.chat_template,
+        )
 
     def _stream_complete(self, prompt: str, formatted: bool, **kwargs: Any) -> CompletionResponseGen:
+        """Completion responses: text so far and the newest piece."""
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         if formatted:  # raw text with the agent's adapter; nothing is written
             pieces = self._engine.stream_completion(agent_id, self._engine.encode(prompt), self._sampling(kwargs))
@@ -111,8 +166,29 @@ class TemploraLLM(CustomLLM):
         yield CompletionResponse(text=text, delta="")  # at least one response, even for an empty reply
 
     def _sampling(self, overrides: dict[str, Any]) -> Sampling:
+        """Sampling settings, a call's keywords over the LLM's fields."""
         return Sampling(
             max_new_tokens=overrides.get("max_tokens", self.max_tokens or self._engine.config.max_new_tokens),
             temperature=overrides.get("temperature", self.temperature),
             repetition_penalty=overrides.get("repetition_penalty", self.repetition_penalty),
         )
+
+
+def _responses(stream: ReplyStream) -> ChatResponseGen:
+    """Chat responses of a streaming reply; the last carries the remembered message (with any tool calls)."""
+    text = ""
+    for piece in stream:
+        text += piece
+        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+    reply = stream.reply
+    yield ChatResponse(message=from_template(reply.message()), delta="", additional_kwargs=_details(reply))
+
+
+def _details(reply: Reply) -> dict[str, Any]:
+    """Token counts, finish reason and the call blocks that did not parse (`invalid_tool_calls`)."""
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "finish_reason": reply.finish_reason,
+        "invalid_tool_calls": reply.invalid_calls,
+    }

@@ -10,7 +10,7 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.memory.types import BaseMemory
 from templora_memory.integrations.llamaindex._messages import from_template, to_template
 
-from templora_memory import MemoryEngine
+from templora_memory import InvalidInputError, MemoryEngine
 
 
 def _engine_of(source: Any) -> MemoryEngine:
@@ -46,7 +46,7 @@ class TemploraMemory(BaseMemory):
     ) -> TemploraMemory:
         """Build over a `MemoryEngine`, `TemploraLLM` or `ParametricMemory` (sharing its engine)."""
         if engine is None:
-            raise ValueError("TemploraMemory needs the engine to write into: from_defaults(llm, agent_id=...)")
+            raise InvalidInputError("TemploraMemory needs the engine to write into: from_defaults(llm, agent_id=...)")
         return cls(engine, agent_id=agent_id, **kwargs)
 
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
