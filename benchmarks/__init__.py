@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from templora_memory.errors import TemploraError
+from templora_memory.cli import run
 
 __all__ = ["build_parser", "main", "missing_modules"]
 
@@ -27,16 +27,16 @@ NEEDS: dict[str, tuple[str, ...]] = {"suites": ("bench", "test", "compare")}
 
 def build_parser() -> argparse.ArgumentParser:
     """`python -m benchmarks` and its sub-commands; each sets `run`, called as `args.run(args)`."""
-    from benchmarks import constrain, cost, locomo, pg19, recipes, scale, suites
+    from benchmarks import constrain, cost, locomo, pg19, recall, recipes, scale, suites
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19 perplexity, LoCoMo recall, recipes, cost, scale, constrained decoding, standard suites",
+        description="PG19 perplexity, LoCoMo and needle recall, recipes, cost, scale, constrained decoding, suites",
     )
     commands = parser.add_subparsers(
-        dest="bench", required=True, metavar="{pg19,locomo,recipes,cost,scale,constrain,suites}"
+        dest="bench", required=True, metavar="{pg19,locomo,recall,recipes,cost,scale,constrain,suites}"
     )
-    for module in (pg19, locomo, recipes, cost, scale, constrain, suites):
+    for module in (pg19, locomo, recall, recipes, cost, scale, constrain, suites):
         module.add_parser(commands)
     return parser
 
@@ -59,9 +59,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        args.run(args)
-    except TemploraError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run(args)
