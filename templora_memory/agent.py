@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 
 from templora_memory.conversation import Conversation
+from templora_memory.distill import TaughtProbe
 from templora_memory.errors import InvalidInputError
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message, Turn, fingerprint
@@ -26,6 +27,7 @@ _COUNTERS = (
     "train_seconds",
     "last_prompt_tokens",
     "questions_written",
+    "probes_seen",
 )
 
 
@@ -102,11 +104,16 @@ class ChunkJob:
     system: list[Message]
     first_step: int
     seed: int
+    messages: list[Message] = field(default_factory=list)
+    """The conversation turns the chunk holds (what its probes are built from)."""
+    replay: list[TaughtProbe] = field(default_factory=list)
+    """Earlier probes rehearsed in this update."""
     weights: list[torch.Tensor] | None = None
     optimizer_state: dict[str, Any] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     loss: float = 0.0
     pairs: list[QAPair] = field(default_factory=list)
+    taught: list[TaughtProbe] = field(default_factory=list)
     seconds: float = 0.0
     trained: list[torch.Tensor] | None = None
     trained_optimizer_state: dict[str, Any] | None = None
@@ -129,6 +136,10 @@ class AgentState:
     questions_written: int = 0
     last_questions: list[QAPair] = field(default_factory=list)
     """The synthetic `QAPair`s trained with the last chunk (RAM only, for inspection)."""
+    reservoir: list[TaughtProbe] = field(default_factory=list)
+    """Taught probes kept for replay (`replay_probes`), stored with the weights."""
+    probes_seen: int = 0
+    """Probes taught so far (the reservoir is a uniform sample of them)."""
     saved_steps: int = 0
     """Optimizer steps at the last commit of the adapter's weights (so unchanged weights are not rewritten)."""
     kv: PromptCache | None = None
@@ -151,6 +162,7 @@ class AgentState:
             "written": talk.written,
             "pending": talk.pending,
             "system": talk.system,
+            "archive": talk.archive,
             "counters": {name: getattr(self, name) for name in _COUNTERS},
         }
 
@@ -164,6 +176,7 @@ class AgentState:
             fingerprints=list(record["fingerprints"]),
             written=list(record["written"]),
             pending=list(record["pending"]),
+            archive=list(record.get("archive", [])),  # records written before hybrid recall have none
         )
         state = cls(agent_id, conversation=talk)
         for name in _COUNTERS:  # a counter added after the record was written keeps its default

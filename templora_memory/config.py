@@ -45,6 +45,21 @@ class TempLoraConfig(BaseModel):
     synthetic_questions: int = Field(0, ge=0, le=16)
     """LIFT (Mao et al. 2024): before a chunk is trained, the base model writes up to this many question/answer
     pairs about it, trained with the chunk as chat turns, loss on the answers (costs generation time; 0: off)."""
+    probe_questions: int = Field(0, ge=0, le=64)
+    """Context distillation (see templora_memory.probes): question–answer probes built from the user's statements in
+    each chunk; the base model reading the chunk teaches the adapter, which reads only the question, by KL on the
+    answer tokens (one teacher pass over the chunk plus a short pass per probe; 0: off)."""
+    distill_weight: float = Field(1.0, ge=0.0, le=100.0)
+    """Weight of the probes' KL(teacher ‖ student) next to the chunk's next-token loss."""
+    distill_temperature: float = Field(1.0, gt=0.0, le=10.0)
+    """Temperature T of the teacher's and the student's distributions in the probes' KL (scaled by T²)."""
+    replay_probes: int = Field(0, ge=0, le=4096)
+    """Most taught probes kept per agent (a uniform, seeded sample of all of them) and replayed, up to
+    probe_questions per update, so earlier facts are rehearsed while later ones are written (0: no replay)."""
+    recall_tokens: int = Field(0, ge=0, le=32768)
+    """Hybrid recall: before each reply, turns that left the window and best match the newest user turn (BM25) are
+    put back in the prompt, before the window, in up to this many tokens on top of window_tokens (needs the
+    `retrieval` extra; the turns' text is kept for it; 0: off)."""
     lora_rank: int = Field(16, ge=1, le=1024)
     """LoRA rank r of the temporary module (paper: 64)."""
     lora_alpha: float = Field(32.0, gt=0.0)
@@ -99,9 +114,11 @@ class TempLoraConfig(BaseModel):
                 f"chunk_tokens + train_context_tokens = {self.chunk_tokens} + {self.train_context_tokens} "
                 f"exceeds the model's context of {context_tokens} tokens (Δ + L_T must be <= W)"
             )
-        if self.window_tokens + self.max_new_tokens > context_tokens:
+        prompt = {"window_tokens": self.window_tokens, "recall_tokens": self.recall_tokens}
+        parts = {**{k: v for k, v in prompt.items() if v}, "max_new_tokens": self.max_new_tokens}
+        if sum(parts.values()) > context_tokens:
             raise ConfigError(
-                f"window_tokens + max_new_tokens = {self.window_tokens} + {self.max_new_tokens} "
+                f"{' + '.join(parts)} = {' + '.join(map(str, parts.values()))} "
                 f"exceeds the model's context of {context_tokens} tokens; lower one of them"
             )
 

@@ -47,6 +47,14 @@ class ChatRenderer:
             rendered.append(self.turn(message, rendered[-1].message if rendered else previous))
         return rendered
 
+    def follow_up(self, previous: Message | None, messages: Sequence[Message]) -> list[int]:
+        """Token ids of `messages` as the turns after `previous`, then the assistant header (ready to answer)."""
+        anchor = [previous] if previous is not None else [{"role": "system", "content": ""}]
+        before = self._text(anchor)
+        after = self._text([*anchor, *messages], add_generation_prompt=True)
+        text = after[len(before) :] if after.startswith(before) else self._text(messages, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def prompt(
         self, system: Sequence[Message], turns: Sequence[Turn], tools: list[ToolSchema] | None = None
     ) -> list[int]:
@@ -125,6 +133,8 @@ class Conversation:
     """The last L_T tokens already written: training input for the next chunk."""
     pending: list[int] = field(default_factory=list)
     """Tokens not yet written, oldest first (m in Algorithm 1)."""
+    archive: list[Message] = field(default_factory=list)
+    """Turns that left every window, kept as text only for hybrid recall (`recall_tokens`), oldest first."""
 
     @property
     def last_message(self) -> Message | None:
@@ -145,6 +155,18 @@ class Conversation:
         self.fingerprints.append(turn.fingerprint)
         self.pending.extend(turn.tokens)
 
+    def pending_messages(self, n_tokens: int) -> list[Message]:
+        """The messages whose tokens overlap the first `n_tokens` pending tokens (what the next chunk says)."""
+        end, overlapping = len(self.pending), []  # `end`: where each turn ends, counted from the pending start
+        for turn in reversed(self.turns):
+            start = end - len(turn.tokens)
+            if end <= 0:
+                break
+            if start < n_tokens:
+                overlapping.append(turn.message)
+            end = start
+        return overlapping[::-1]
+
     def unwritten_outside(self, start: int) -> int:
         """Pending tokens that a window starting at turn `start` no longer holds (they must be written first)."""
         return max(0, len(self.pending) - sum(len(turn.tokens) for turn in self.turns[start:]))
@@ -155,8 +177,10 @@ class Conversation:
         self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
         return chunk
 
-    def drop_before(self, start: int) -> None:
-        """Forget the text of turns before `start`: they left the window and are written."""
+    def drop_before(self, start: int, archive: bool = False) -> None:
+        """Let go of the turns before `start` (they left the window and are written); `archive` keeps their text."""
+        if archive:
+            self.archive.extend(turn.message for turn in self.turns[:start])
         self.turns = self.turns[start:]
 
 

@@ -29,18 +29,20 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
 from templora_memory.conversation import ChatRenderer, PromptWindow, check_messages, split_system, window_start
+from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.message import Message, fingerprint
 from templora_memory.offer import ToolOffer
+from templora_memory.recall import HybridRecall
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
 from templora_memory.store import AgentStore
 from templora_memory.synthetic import QuestionWriter
 from templora_memory.tools import ToolSchema
-from templora_memory.writing import ChunkWriter, ParallelWriter
+from templora_memory.writing import ChunkWriter, ParallelWriter, Teachers
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase, str]
 """A model already in memory: (model, tokenizer, name), as `loading.load_model` returns it."""
@@ -70,6 +72,7 @@ class MemoryEngine:
         self.grammars = GrammarCache(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
         self._window = PromptWindow(self.renderer, self.config.window_tokens)
+        self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
         self._spill = None  # evicted agents go to a private temporary store when the user gave none
         if store is None and max_resident is not None:
@@ -80,8 +83,11 @@ class MemoryEngine:
         self._residency = Residency(
             self.bank, self.config, self.model_name, self.renderer, self._model_lock, self.store, max_resident, shift
         )
-        questions = QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions)
-        writer_parts = (self.bank, self.config, self._model_lock, questions, self._residency.commit)
+        teachers = Teachers(
+            QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions),
+            ProbeTeacher(self.renderer, self.config),
+        )
+        writer_parts = (self.bank, self.config, self._model_lock, teachers, self._residency.commit)
         self._writer = ParallelWriter(*writer_parts, replica) if replica is not None else ChunkWriter(*writer_parts)
 
     @property
@@ -266,14 +272,14 @@ class MemoryEngine:
         talk = state.conversation
         start = self._window.start(talk.system, talk.turns, tools)
         self._writer.write(state, in_window=sum(len(turn.tokens) for turn in talk.turns[start:]))
-        talk.drop_before(window_start(talk.turns, self.config.window_tokens))
+        talk.drop_before(window_start(talk.turns, self.config.window_tokens), archive=self.config.recall_tokens > 0)
 
     def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> list[int]:
-        """The prompt: the system message (and tools) plus the turns of the window."""
+        """The prompt: the system message (and tools), recalled old turns (hybrid recall), the window's turns."""
         talk = state.conversation
-        return self.renderer.prompt(
-            talk.system, talk.turns[self._window.start(talk.system, talk.turns, tools) :], tools
-        )
+        window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
+        recalled = self._recall.turns(talk.archive, window) if self._recall is not None else []
+        return self.renderer.prompt(talk.system, [*recalled, *window], tools)
 
     def _respond(
         self,

@@ -19,6 +19,7 @@ from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agent_id
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
+from templora_memory.distill import TaughtProbe
 from templora_memory.errors import ConfigError, StoreError
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.message import Turn
@@ -179,7 +180,8 @@ class Residency:
                 tensors, peft_config = self.bank.weights(state.agent_id)
             peft_config["base_model_name_or_path"] = self.model_name
             optimizer = state.optimizer.state_dict() if state.optimizer is not None else None
-            payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer)
+            replay = [probe.to_record() for probe in state.reservoir]
+            payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer, replay=replay)
         self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload)
         state.saved_steps = state.steps
 
@@ -221,6 +223,7 @@ class Residency:
             if stored.weights.optimizer is not None:
                 state.optimizer = trainer.new_optimizer(self.bank.parameters(agent_id), self.config)
                 state.optimizer.load_state_dict(stored.weights.optimizer)
+            state.reservoir = [TaughtProbe.from_record(record) for record in stored.weights.replay]
         elif state.steps:
             raise StoreError(f"{where} lost the weights of a trained adapter")
         talk = state.conversation

@@ -5,6 +5,7 @@ Layout (one directory per agent, named by a hash of its id so no id can reach ou
     <root>/templora-store.json          marks the directory as a store (format version)
     <root>/agents/<adapter name>/CURRENT    name of the committed version, replaced atomically
     <root>/agents/<adapter name>/v00000007/ adapter_model.safetensors + adapter_config.json (plain peft),
+                                            replay.pt (probes kept for replay, when distilling),
                                             optimizer.pt, state.json (turns, window, pending tokens, config)
     <root>/agents/<adapter name>/journal.jsonl  turns received since that commit, one JSON line each
 
@@ -20,7 +21,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,11 @@ MARKER = "templora-store.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 OPTIMIZER = "optimizer.pt"
+REPLAY = "replay.pt"
 STATE = "state.json"
 JOURNAL = "journal.jsonl"
 CURRENT = "CURRENT"
-WEIGHT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, OPTIMIZER)
+WEIGHT_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, OPTIMIZER, REPLAY)
 
 
 def store_key(agent_id: str) -> str:
@@ -53,6 +55,8 @@ class Weights:
     adapter: dict[str, torch.Tensor]
     adapter_config: dict[str, Any]
     optimizer: dict[str, Any] | None
+    replay: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    """Taught probes kept for replay (tensors only), when context distillation keeps any."""
 
 
 @dataclass
@@ -234,9 +238,10 @@ def _read_weights(version: Path) -> Weights | None:
         adapter_config = json.loads((version / ADAPTER_CONFIG).read_text())
         optimizer_path = version / OPTIMIZER
         optimizer = torch.load(optimizer_path, weights_only=True) if optimizer_path.exists() else None
+        replay = torch.load(version / REPLAY, weights_only=True) if (version / REPLAY).exists() else []
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise StoreError(f"the adapter files in {version} are damaged ({exc}); the agent cannot be loaded") from exc
-    return Weights(adapter=adapter, adapter_config=adapter_config, optimizer=optimizer)
+    return Weights(adapter=adapter, adapter_config=adapter_config, optimizer=optimizer, replay=replay)
 
 
 def _write_weights(folder: Path, weights: Weights) -> None:
@@ -246,6 +251,9 @@ def _write_weights(folder: Path, weights: Weights) -> None:
     if weights.optimizer is not None:
         torch.save(weights.optimizer, folder / OPTIMIZER)
         _fsync_file(folder / OPTIMIZER)
+    if weights.replay:
+        torch.save(weights.replay, folder / REPLAY)
+        _fsync_file(folder / REPLAY)
 
 
 def _read_journal(path: Path) -> list[tuple[int, dict[str, Any]]]:

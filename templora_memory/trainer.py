@@ -35,6 +35,18 @@ class LabelledBatch:
         return {"input_ids": self.input_ids, "labels": self.labels, "attention_mask": self.attention_mask}
 
 
+@dataclass(frozen=True)
+class DistillBatch:
+    """Probes as the student reads them, and the teacher's top-k log-probabilities on their N answer tokens."""
+
+    students: LabelledBatch
+    """Each probe's prompt and answer; the answer tokens are labelled (in row-major order, N in all)."""
+    top_ids: torch.Tensor
+    """(N, k) token ids."""
+    top_logprobs: torch.Tensor
+    """(N, k) the teacher's log-softmax(logits / T) at those ids."""
+
+
 def padded_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> LabelledBatch:
     """Pad (prompt ids, answer ids) examples on the right into one batch, labelling the answer tokens only."""
     width = max(len(prompt) + len(answer) for prompt, answer in examples)
@@ -122,6 +134,27 @@ def chunk_loss(
     return out.loss + kl_weight * kl
 
 
+def probe_kl(model: PeftModel, batch: DistillBatch, temperature: float) -> torch.Tensor:
+    """Mean KL(teacher ‖ student) over the probes' answer tokens, scaled by T².
+
+    Each distribution is taken over the teacher's top-k ids plus one bucket for the rest of the vocabulary, so
+    the KL is exactly zero when the student matches the teacher and still pushes down mass outside the top k.
+    """
+    students = batch.students
+    logits = model(input_ids=students.input_ids, attention_mask=students.attention_mask).logits  # (B, T, V)
+    scored = _scored(logits, students.labels).float() / temperature  # (N, V)
+    student = _with_rest(torch.log_softmax(scored, dim=-1).gather(1, batch.top_ids))  # (N, k + 1)
+    teacher = _with_rest(batch.top_logprobs)
+    return (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+
+
+def _with_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """(N, k) log-probabilities → (N, k + 1), the last column the log of the mass outside the k ids."""
+    covered = torch.logsumexp(top_logprobs, dim=-1, keepdim=True).clamp(max=-1e-6)
+    rest = torch.log(-torch.expm1(covered))  # log(1 - covered mass)
+    return torch.cat([top_logprobs, rest], dim=-1)
+
+
 def train_chunk(
     model: PeftModel,
     input_ids: torch.Tensor,
@@ -130,13 +163,15 @@ def train_chunk(
     config: TempLoraConfig,
     first_step: int,
     extra: LabelledBatch | None = None,
+    distill: DistillBatch | None = None,
 ) -> float:
     """Run `config.epochs` optimizer steps on one chunk; returns the mean loss over those steps.
 
     Each step minimises `chunk_loss` (with the KL term when `kl_weight` > 0) plus, given `extra` examples, the mean
-    NLL of their labelled tokens. The two are added rather than pooled into one token mean, so the chunk weighs the
-    same with or without extra examples and all of them together weigh as much as the chunk, however many there are.
-    Only parameters held by `optimizer` change; the caller makes sure those are the agent's LoRA weights.
+    NLL of their labelled tokens, plus, given `distill` probes, `distill_weight` × their `probe_kl`. The terms are
+    added rather than pooled into one token mean, so the chunk weighs the same with or without them, however many
+    examples or probes there are. Only parameters held by `optimizer` change; the caller makes sure those are the
+    agent's LoRA weights.
     """
     kl_weight = config.kl_weight
     reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
@@ -153,6 +188,10 @@ def train_chunk(
                 extra_loss = model(**extra.inputs()).loss  # mean NLL of the labelled tokens
                 extra_loss.backward()
                 total += extra_loss.item()
+            if distill is not None:
+                taught = config.distill_weight * probe_kl(model, distill, config.distill_temperature)
+                taught.backward()
+                total += taught.item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(total)

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
@@ -27,6 +28,7 @@ from templora_memory import trainer
 from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, ChunkJob, agent_seed
 from templora_memory.config import TempLoraConfig
+from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import TemploraError
 from templora_memory.synthetic import QuestionWriter
 
@@ -35,15 +37,28 @@ Commit = Callable[[AgentState], None]
 _SLOT = "background-job"  # the replica's one adapter, loaded with each job's weights in turn
 
 
+@dataclass(frozen=True)
+class Teachers:
+    """What an update asks the base model for besides the chunk: synthetic pairs (LIFT) and distilled probes."""
+
+    questions: QuestionWriter
+    probes: ProbeTeacher
+
+
 def run_update(
-    model: PeftModel, optimizer: torch.optim.Optimizer, job: ChunkJob, config: TempLoraConfig, questions: QuestionWriter
+    model: PeftModel, optimizer: torch.optim.Optimizer, job: ChunkJob, config: TempLoraConfig, teachers: Teachers
 ) -> None:
-    """The Temp-Lora update of one chunk: its synthetic pairs (by the base model), then seeded training steps."""
+    """The Temp-Lora update of one chunk: its synthetic pairs and probes (by the base model), then seeded steps."""
     started = time.perf_counter()
-    job.pairs = questions.write(model, job.chunk, job.seed)
-    extra = questions.batch(job.system, job.pairs)
+    job.pairs = teachers.questions.write(model, job.chunk, job.seed)
+    extra = teachers.questions.batch(job.system, job.pairs)
+    context = job.input_ids[0].tolist()
+    job.taught = teachers.probes.teach(model, context, job.messages, job.system, job.seed)
+    distill = teachers.probes.batch(job.taught + job.replay)
     with trainer.seeded(job.seed):
-        job.loss = trainer.train_chunk(model, job.input_ids, job.labels, optimizer, config, job.first_step, extra)
+        job.loss = trainer.train_chunk(
+            model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill
+        )
     job.seconds = time.perf_counter() - started
 
 
@@ -55,13 +70,13 @@ class ChunkWriter:
         bank: AdapterBank,
         config: TempLoraConfig,
         model_lock: threading.RLock,
-        questions: QuestionWriter,
+        teachers: Teachers,
         commit: Commit,
     ) -> None:
         self.bank = bank
         self.config = config
         self.model_lock = model_lock
-        self.questions = questions
+        self.teachers = teachers
         self.commit = commit
 
     def write(self, state: AgentState, in_window: int) -> None:
@@ -111,7 +126,7 @@ class ChunkWriter:
             state.optimizer = state.optimizer or trainer.new_optimizer(
                 self.bank.parameters(state.agent_id), self.config
             )
-            run_update(model, state.optimizer, job, self.config, self.questions)
+            run_update(model, state.optimizer, job, self.config, self.teachers)
         self._book(state, job)
 
     def _new_optimizer(self, state: AgentState) -> torch.optim.Optimizer:
@@ -122,6 +137,7 @@ class ChunkWriter:
         talk = state.conversation
         chunk = talk.pending[:n_tokens]
         input_ids, labels = trainer.build_example(talk.written, chunk, self.config.train_context_tokens)
+        seed = agent_seed(self.config.seed, state.agent_id) + state.chunks_trained + 1
         return ChunkJob(
             n_tokens=n_tokens,
             input_ids=input_ids,
@@ -129,7 +145,9 @@ class ChunkWriter:
             chunk=chunk,
             system=list(talk.system),
             first_step=state.steps,
-            seed=agent_seed(self.config.seed, state.agent_id) + state.chunks_trained + 1,
+            seed=seed,
+            messages=talk.pending_messages(n_tokens) if self.config.probe_questions else [],
+            replay=self.teachers.probes.replayed(state.reservoir, seed),
         )
 
     def _book(self, state: AgentState, job: ChunkJob) -> None:
@@ -138,6 +156,7 @@ class ChunkWriter:
         state.train_seconds += job.seconds
         state.last_questions = job.pairs
         state.questions_written += len(job.pairs)
+        state.probes_seen = self.teachers.probes.keep(state.reservoir, state.probes_seen, job.taught, job.seed)
         state.steps += self.config.epochs
         state.chunks_trained += 1
         state.tokens_written += len(state.conversation.mark_written(job.n_tokens, self.config.train_context_tokens))
@@ -156,11 +175,11 @@ class ParallelWriter(ChunkWriter):
         bank: AdapterBank,
         config: TempLoraConfig,
         model_lock: threading.RLock,
-        questions: QuestionWriter,
+        teachers: Teachers,
         commit: Commit,
         base_copy: PreTrainedModel,
     ) -> None:
-        super().__init__(bank, config, model_lock, questions, commit)
+        super().__init__(bank, config, model_lock, teachers, commit)
         self.replica = AdapterBank(base_copy, config)
         self.replica.add(_SLOT, seed=0)
         self._jobs: queue.Queue[ChunkJob] = queue.Queue()
@@ -217,6 +236,6 @@ class ParallelWriter(ChunkWriter):
         if job.optimizer_state is not None:
             optimizer.load_state_dict(job.optimizer_state)
         with self.replica.active(_SLOT) as model:
-            run_update(model, optimizer, job, self.config, self.questions)
+            run_update(model, optimizer, job, self.config, self.teachers)
         job.trained = [p.detach().clone() for p in parameters]
         job.trained_optimizer_state = optimizer.state_dict()

@@ -257,3 +257,24 @@ def test_suites_reads_outcomes_and_reasons_from_junit_xml(tmp_path):
     tests = suites.read_report(report)
     assert [t["outcome"] for t in tests] == ["passed", "failed", "skipped", "xfailed"]
     assert tests[3] == {"name": "TestA::test_xf", "outcome": "xfailed", "reason": "135M"}
+
+
+def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(make_engine):
+    from benchmarks import recall
+    from benchmarks.recall_scenarios import build_scenario, contains_answer
+
+    engine = make_engine()
+    options = argparse.Namespace(quiet=True, answer_tokens=4, top_k=2)
+    result = recall.run(engine, 2, [1, 2], 0, recall.CONDITIONS, options)
+    assert set(result["conditions"]) == set(recall.CONDITIONS)
+    rows = result["questions"]
+    assert len(rows) == 2 * 2 * len(recall.CONDITIONS)  # two facts per conversation, each under every condition
+    ceiling = result["conditions"]["in_context"]
+    assert all(v["gap_closed_median"] in (1.0, None) for v in ceiling.values())  # the ceiling closes its own gap
+    window = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "window"}
+    full = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "in_context"}
+    assert all(full[q] > window[q] for q in window)  # the facts left the window; the ceiling still reads them
+    stats = engine.stats("recall-scenario-0")
+    assert stats.turns_seen == len(build_scenario(0, 0, [1, 2], 32, 96, lambda m: sum(engine.turn_tokens(m))).messages)
+    assert {"window", "adapter"} == set(result["general"]) and result["writing"]["tokens_written"] > 0
+    assert contains_answer("It is the Old Mill, friend.", "the old mill") and not contains_answer("mills", "mill")

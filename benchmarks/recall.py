@@ -1,0 +1,281 @@
+"""`python -m benchmarks recall`: is a fact told once answered after it has left the prompt? (needle in dialogue)
+
+Seeded NPC conversations (`benchmarks.recall_scenarios`) tell facts of many kinds once each, then scripted
+small talk pushes them 1, 4 and 16 chunks (plus the window) back; each fact is then asked in other words, as
+the next user turn, under six conditions that read the same conversation:
+
+- `in_context`: the whole conversation in the prompt (the model's ceiling);
+- `window`: the agent's window only, no adapter (the floor);
+- `adapter`: the window with the conversation's adapter;
+- `control`: the window with another conversation's adapter (style without the facts);
+- `retrieval`: BM25 top-k turns that left the window, then the newest turns, in the window's token budget;
+- `adapter_retrieval`: that prompt with the conversation's adapter.
+
+Scores: the greedy reply contains the answer (normalised exact match); the answer's NLL after a neutral
+answer prefix ("Your daughter's name is"); gap closed = (window NLL − NLL) / (window NLL − in-context NLL)
+per question; and a general-ability check (questions about things never said) with and without the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.recall_scenarios import GENERAL_CHECKS, Scenario, build_scenario, contains_answer
+from templora_memory.config import add_config_options
+from templora_memory.engine import MemoryEngine
+from templora_memory.generation import Sampling
+from templora_memory.kv_cache import PromptCache
+
+CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval")
+DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32)
+"""The issue's setting: a small window so that 16 chunks of small talk stay cheap to write on a CPU."""
+
+
+def add_parser(subparsers) -> None:
+    """Register `recall`."""
+    parser = subparsers.add_parser("recall", help="needle in dialogue: facts told once, asked after they left")
+    parser.add_argument("--out", default="results/recall.json", help="JSON results (default: results/recall.json)")
+    parser.add_argument("--plot", default=None, help="PNG plot path (default: the --out path with .png)")
+    parser.add_argument(
+        "--model", default=None, help="base model: local dir, cached HF id or .gguf (default: embedded)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--conversations", type=int, default=6, help="scenarios generated (default: 6)")
+    parser.add_argument("--distances", default="1,4,16", help="chunks each fact is pushed back (default: 1,4,16)")
+    parser.add_argument("--scenario-seed", type=int, default=0, help="seed of the generated scenarios (default: 0)")
+    parser.add_argument("--answer-tokens", type=int, default=24, help="greedy tokens per answer (default: 24)")
+    parser.add_argument("--top-k", type=int, default=3, help="turns retrieved by BM25 (default: 3)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="subset of " + ",".join(CONDITIONS))
+    add_config_options(parser, **DEFAULTS)
+    parser.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run from parsed options; write JSON and plot, print the table."""
+    started = time.perf_counter()
+    engine = common.engine_from_args(args)
+    conditions = tuple(c for c in args.conditions.split(",") if c)
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise common.InvalidInputError(f"--conditions {sorted(unknown)} unknown; choose from {', '.join(CONDITIONS)}")
+    distances = sorted({int(d) for d in args.distances.split(",") if d.strip()})
+    result = run(engine, args.conversations, distances, args.scenario_seed, conditions, args)
+    result["run"] = common.run_info(engine, args, started)
+    common.write_json(args.out, result)
+    plot(result, common.plot_path(args))
+    print(table(result))
+    return result
+
+
+def run(engine: MemoryEngine, conversations: int, distances: list[int], seed: int, conditions, options) -> dict:
+    """Write every scenario into its own agent, ask its facts under each condition, and summarise."""
+    config = engine.config
+    count = lambda messages: sum(engine.turn_tokens(messages))  # noqa: E731
+    scenarios = [
+        build_scenario(i, seed, distances, config.chunk_tokens, config.window_tokens, count)
+        for i in range(conversations)
+    ]
+    writing = [write(engine, s) for s in common.progress(scenarios, options.quiet, desc="writing", unit="conv")]
+    records, general = [], []
+    for index, scenario in enumerate(common.progress(scenarios, options.quiet, desc="asking", unit="conv")):
+        control = _agent(scenarios[(index + 1) % len(scenarios)]) if len(scenarios) > 1 else None
+        records += ask(engine, scenario, control, conditions, options)
+        general += check_general(engine, scenario, options.answer_tokens)
+    return {
+        "benchmark": "recall",
+        "conditions": summarize(records, conditions, distances),
+        "general": summarize_general(general),
+        "writing": _cost(writing),
+        "questions": records,
+        "general_checks": general,
+    }
+
+
+def _cost(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tokens written and training seconds over every scenario, and seconds per 1K tokens written."""
+    tokens, seconds = sum(s["tokens_written"] for s in stats), sum(s["train_seconds"] for s in stats)
+    return {
+        "tokens_written": tokens,
+        "train_seconds": round(seconds, 1),
+        "train_s_per_1k": round(1000 * seconds / max(1, tokens), 2),
+    }
+
+
+def _agent(scenario: Scenario) -> str:
+    return f"recall-{scenario.name}"
+
+
+def write(engine: MemoryEngine, scenario: Scenario) -> dict[str, Any]:
+    """Stream the conversation into its agent and write everything the window no longer holds."""
+    agent = _agent(scenario)
+    engine.add_turns(agent, [scenario.system, *scenario.messages])
+    engine.wait(agent)
+    return engine.stats(agent).model_dump()
+
+
+def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, conditions, options) -> list[dict]:
+    """One record per (fact, condition): does the greedy reply contain the answer, and the answer's NLL."""
+    agent = _agent(scenario)
+    window = engine.window(agent)
+    left = scenario.messages[: len(scenario.messages) - len(window)]
+    agents = {"adapter": agent, "control": control, "adapter_retrieval": agent}
+    caches: dict[str, PromptCache] = {}
+    records = []
+    for fact in scenario.facts:
+        question = {"role": "user", "content": fact.question}
+        history = {
+            "in_context": scenario.messages,
+            "retrieval": retrieved(engine, left, window, fact.question, options.top_k),
+        }
+        history["adapter_retrieval"] = history["retrieval"]
+        for condition in conditions:
+            if condition == "control" and control is None:
+                continue
+            prompt = engine.render_prompt([scenario.system], [*history.get(condition, window), question])
+            cache = caches.setdefault(condition, PromptCache())
+            reply, nll = answer(engine, agents.get(condition), prompt, fact, options.answer_tokens, cache)
+            records.append(
+                {
+                    "scenario": scenario.name,
+                    "kind": fact.kind,
+                    "chunks_back": fact.chunks_back,
+                    "question": fact.question,
+                    "answer": fact.value,
+                    "condition": condition,
+                    "prompt_tokens": len(prompt),
+                    "reply": reply,
+                    "exact": contains_answer(reply, fact.value),
+                    "nll": round(nll, 4),
+                }
+            )
+    return records
+
+
+def retrieved(engine: MemoryEngine, left: list[dict], window: list[dict], query: str, top_k: int) -> list[dict]:
+    """BM25 top-k turns from those that left the window (in order), then the newest turns, in the window's budget."""
+    budget = sum(engine.turn_tokens(window))
+    chosen, used = [], 0
+    for index in common.bm25_top([m["content"] for m in left], query, top_k):
+        (size,) = engine.turn_tokens([left[index]])
+        if used + size <= budget:
+            chosen, used = [*chosen, index], used + size
+    sizes = engine.turn_tokens(window)
+    recent = common.suffix_within(sizes, budget - used)
+    return [left[i] for i in sorted(chosen)] + window[recent:]
+
+
+def answer(
+    engine, agent: str | None, prompt: list[int], fact, max_tokens: int, cache: PromptCache
+) -> tuple[str, float]:
+    """The greedy reply (the product's repetition penalty) and the answer's mean NLL after the neutral prefix."""
+    start = prompt + engine.encode(fact.answer_prefix)
+    nll = common.mean_nll(engine.log_likelihood(agent, start, engine.encode(" " + fact.value), cache=cache))
+    sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
+    reply = "".join(engine.stream_completion(agent, prompt, sampling, cache=cache)).strip()
+    return reply, nll
+
+
+def check_general(engine: MemoryEngine, scenario: Scenario, max_tokens: int) -> list[dict]:
+    """Questions about things never said, after the agent's window, with and without its adapter."""
+    agent, window = _agent(scenario), engine.window(_agent(scenario))
+    rows = []
+    for question, expected in GENERAL_CHECKS:
+        prompt = engine.render_prompt([scenario.system], [*window, {"role": "user", "content": question}])
+        for condition, reader in (("window", None), ("adapter", agent)):
+            sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
+            reply = "".join(engine.stream_completion(reader, prompt, sampling)).strip()
+            rows.append(
+                {
+                    "scenario": scenario.name,
+                    "question": question,
+                    "condition": condition,
+                    "reply": reply,
+                    "exact": contains_answer(reply, expected),
+                }
+            )
+    return rows
+
+
+# ----- results ----------------------------------------------------------------------------------
+
+
+def summarize(records: list[dict], conditions, distances: list[int]) -> dict[str, Any]:
+    """Per condition and distance: exact-match rate, mean NLL and median gap closed (against window and ceiling)."""
+    nll = {(r["scenario"], r["question"], r["condition"]): r["nll"] for r in records}
+    out: dict[str, Any] = {}
+    for condition in conditions:
+        out[condition] = {}
+        for distance in distances:
+            rows = [r for r in records if r["condition"] == condition and r["chunks_back"] == distance]
+            if not rows:
+                continue
+            gaps = [_gap(nll, r, condition) for r in rows]
+            gaps = [g for g in gaps if g is not None]
+            out[condition][str(distance)] = {
+                "questions": len(rows),
+                "exact": round(sum(r["exact"] for r in rows) / len(rows), 3),
+                "nll": round(statistics.fmean(r["nll"] for r in rows), 3),
+                "gap_closed_median": round(statistics.median(gaps), 3) if gaps else None,
+            }
+    return out
+
+
+def _gap(nll: dict, record: dict, condition: str) -> float | None:
+    """(window NLL − this condition's NLL) / (window NLL − in-context NLL); None where the ceiling is no better."""
+    key = (record["scenario"], record["question"])
+    floor, ceiling = nll.get((*key, "window")), nll.get((*key, "in_context"))
+    if floor is None or ceiling is None or floor - ceiling < 0.1:
+        return None
+    return (floor - record["nll"]) / (floor - ceiling)
+
+
+def summarize_general(rows: list[dict]) -> dict[str, Any]:
+    """Exact-match rate of the never-said questions, without and with the adapter."""
+    return {
+        condition: round(
+            sum(r["exact"] for r in rows if r["condition"] == condition)
+            / max(1, sum(r["condition"] == condition for r in rows)),
+            3,
+        )
+        for condition in ("window", "adapter")
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """Exact match, NLL and median gap closed per condition and distance, then the general check and write cost."""
+    lines = [
+        "| condition | chunks back | exact | answer NLL | gap closed (median) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for condition, by_distance in result["conditions"].items():
+        for distance, row in by_distance.items():
+            gap = "-" if row["gap_closed_median"] is None else f"{100 * row['gap_closed_median']:.0f} %"
+            lines.append(
+                f"| {condition} | {distance} | {row['exact']:.2f} ({row['questions']} q) | {row['nll']:.3f} | {gap} |"
+            )
+    general = result["general"]
+    lines.append(f"\nnever-said questions, exact: window {general['window']:.2f}, adapter {general['adapter']:.2f}")
+    writing = result["writing"]
+    lines.append(f"writing: {writing['train_s_per_1k']} s per 1K tokens ({writing['tokens_written']} tokens)")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """Exact match per condition, grouped by how many chunks back the fact was."""
+    fig, (axis,) = common.figure(1, width=8.0)
+    conditions = list(result["conditions"])
+    distances = sorted({d for rows in result["conditions"].values() for d in rows}, key=int)
+    width = 0.8 / max(1, len(conditions))
+    for i, condition in enumerate(conditions):
+        values = [result["conditions"][condition].get(d, {}).get("exact", 0) for d in distances]
+        axis.bar([j + i * width for j in range(len(distances))], values, width=width, label=condition)
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(distances))], [f"{d} chunks back" for d in distances])
+    axis.set(ylabel="exact match", title="facts told once, asked after they left the window")
+    axis.legend(fontsize=7)
+    return common.save_figure(fig, path)

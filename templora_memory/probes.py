@@ -1,0 +1,116 @@
+"""Question–answer probes about a chunk, built from its own text (no generation), for context distillation.
+
+Next-token training on a conversation lowers its loss but barely makes its facts answerable (the
+"perplexity curse"; see README, "Memory that answers"). What made facts answerable in the literature is
+training the adapter to do *without* the text what the model does *with* it: on probe questions about
+the chunk, the base model with the chunk in its context is the teacher, the adapter without it the
+student, and the loss is KL(teacher ‖ student) on the probe's answer tokens.
+
+A 135M model writes poor questions, so probes are built from the user's own statements: each declarative
+sentence the user said becomes an answer in the assistant's voice ("My daughter is called Mira." →
+"Your daughter is called Mira."), asked by several questions (surface forms): generic recall questions
+and a cloze on the sentence's salient span (a name, a number, a place at its end).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from templora_memory.message import Message
+
+RECALL_QUESTIONS = (
+    "What did I tell you earlier?",
+    "Can you remind me what I said before?",
+    "Do you remember what I mentioned?",
+    "What do you know about me?",
+)
+"""Generic questions whose answer is a restatement of what the user said."""
+_SWAPS = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "i'm": "you're",
+    "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are", "we": "you", "us": "you", "our": "your",
+    "ours": "yours", "we're": "you're", "we've": "you've",
+}  # fmt: skip
+_WORD = re.compile(r"[A-Za-z']+")
+_SENTENCE = re.compile(r"[^.!?\n]+[.!]")
+_SALIENT = re.compile(r"\b(?:[A-Z][a-z]+(?: [A-Z][a-z]+)*|\d[\d:/.,-]*\d|\d)\b")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A question the user may ask later and the answer that restates what they said."""
+
+    question: str
+    answer: str
+
+
+def swap_person(text: str) -> str:
+    """First person becomes second person ("my" → "your", "I am" → "you are"), keeping capitals."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        swapped = _SWAPS.get(word.lower())
+        if swapped is None:
+            return word
+        return swapped.capitalize() if match.start() == 0 else swapped  # "I" is upper case mid-sentence too
+
+    return _WORD.sub(swap, text.strip())
+
+
+def restate(sentence: str) -> str:
+    """A user's sentence in the assistant's voice, starting with a capital."""
+    text = swap_person(sentence)
+    return text[:1].upper() + text[1:]
+
+
+def recalled(answer: str) -> str:
+    """ "You told me that your daughter is called Mira." — a restated sentence as a recall answer."""
+    first = answer.split(" ", 1)[0]
+    opening = first.lower() if first.lower() in _SWAPS.values() else first
+    return f"You told me that {opening}{answer[len(first) :]}"
+
+
+def statements(text: str) -> list[str]:
+    """The declarative sentences of a text (questions dropped), at least three words each."""
+    return [s.strip() for s in _SENTENCE.findall(text) if len(s.split()) >= 3]
+
+
+def salient_span(sentence: str) -> str | None:
+    """The span a question about the sentence would ask for: its last name or number, else its last words."""
+    found = [m for m in _SALIENT.finditer(sentence) if m.start() > 0]
+    if found:
+        return found[-1].group(0)
+    words = sentence.rstrip(".!").split()
+    return " ".join(words[-2:]) if len(words) >= 4 else None
+
+
+def cloze(restated: str, span: str) -> str | None:
+    """ "Remind me: your daughter is called what?" — the restated sentence with its span asked for."""
+    head, found, tail = restated.rstrip(".!").rpartition(span)
+    if not found:
+        return None
+    asked = f"{head}what{tail}".strip()
+    return f"Remind me: {asked[0].lower()}{asked[1:]}?"
+
+
+def probes_for(messages: Sequence[Message], count: int, seed: int) -> list[Probe]:
+    """Up to `count` probes about the user's statements in `messages`, the sentences with names or numbers first.
+
+    Each statement gets a cloze probe and a generic recall probe, in a seeded order; reproducible from `seed`.
+    """
+    if count <= 0:
+        return []
+    rng = random.Random(seed)
+    said = [s for m in messages if m.get("role") == "user" for s in statements(str(m.get("content") or ""))]
+    said.sort(key=lambda s: _SALIENT.search(s[1:]) is None)  # stable: named facts first, in order
+    probes: list[Probe] = []
+    for sentence in said:
+        answer = restate(sentence)
+        span = salient_span(sentence)
+        asked = cloze(answer, swap_person(span)) if span else None
+        if asked:
+            probes.append(Probe(asked, answer))
+        probes.append(Probe(rng.choice(RECALL_QUESTIONS), recalled(answer)))
+    return probes[:count]
