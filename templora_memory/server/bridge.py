@@ -10,6 +10,7 @@ request's new turns were written before generation began, and stay).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -129,14 +130,13 @@ class LiveReply:
                     item = self._pieces.get_nowait()
                     return None if item is _END else item
                 self.deadline.check()
+                if watch_client and await self.deadline.client_gone():
+                    raise ClientGone
                 if _outcome_ready(self.job):  # ended without reaching the worker (shutdown)
                     _outcome(self.job)
-                try:
+                with contextlib.suppress(TimeoutError):
                     item = await asyncio.wait_for(self._pieces.get(), min(POLL_SECONDS, self.deadline.remaining()))
                     return None if item is _END else item
-                except TimeoutError:
-                    if watch_client and await self.deadline.client_gone():
-                        raise ClientGone from None
         except BaseException:
             self.abandon()
             raise

@@ -42,7 +42,12 @@ class BackgroundServer:
     """
 
     def __init__(
-        self, engine: MemoryEngine, settings: ServerSettings | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        engine: MemoryEngine,
+        settings: ServerSettings | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
     ) -> None:
         settings = settings or ServerSettings()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -51,7 +56,7 @@ class BackgroundServer:
         self.url = f"http://{host}:{self._socket.getsockname()[1]}"
         config = uvicorn.Config(
             create_app(engine, settings),
-            log_level="warning",
+            log_level=log_level,
             timeout_graceful_shutdown=settings.shutdown_timeout,
         )
         self._server = uvicorn.Server(config)

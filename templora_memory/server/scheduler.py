@@ -1,8 +1,8 @@
 """Blocking engine work off the event loop: a bounded queue, one job at a time per agent, agents taken in turn.
 
 Generation and training are blocking CPU work, so every engine call runs on one of `workers` threads. Jobs
-wait in one queue per agent; a free worker takes the next job of the agent that has waited longest and is not
-already running one, and that agent then goes to the back of the line. So calls for one agent run one after
+wait in one queue per agent; a free worker takes the next job of the agent first in line that is not already
+running one, and an agent goes to the back of the line each time one of its jobs ends. So calls for one agent run one after
 another in the order they came, and a busy agent cannot hold back the others. At most `max_queue` jobs wait or
 run; past that, `submit` refuses with the seconds a client should wait before retrying (HTTP 429).
 
@@ -134,8 +134,11 @@ class Scheduler:
         running.add_done_callback(lambda done: self._finish(job, done, begun))
 
     def _finish(self, job: Job, done: asyncio.Future, begun: float) -> None:
-        """On the loop: free the agent, hand the outcome to whoever waits for it, start what can start."""
+        """On the loop: free the agent (its next jobs go to the back of the line), hand the outcome to whoever
+        waits for it, start what can start."""
         del self._running[job.agent_id]
+        if job.agent_id in self._waiting:
+            self._waiting[job.agent_id] = self._waiting.pop(job.agent_id)
         self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - begun)
         if not job.future.done():
             if done.exception() is not None:
