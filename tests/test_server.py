@@ -188,6 +188,18 @@ def test_response_format_json_schema_reaches_the_reply(make_engine, scripted_mod
     assert json.loads(reply.choices[0].message.content) == {"name": "Ada", "age": 36}
 
 
+def test_the_readme_python_snippet_runs_against_the_server(make_engine, scripted_model, serve, capsys):
+    from tests.test_readme import readme_snippets
+
+    engine = make_engine(window_tokens=400)
+    server = serve(engine)
+    scripted_model.play(engine.tokenizer, "Shields, aye.", "You are Ivo.")
+    (snippet,) = readme_snippets("Serve over HTTP (OpenAI-compatible)")
+    exec(snippet.replace("http://127.0.0.1:8000", server.url), {})
+    assert capsys.readouterr().out == "Shields, aye.\nYou are Ivo."
+    assert engine.stats("blacksmith").turns_seen == 4
+
+
 # ----- LangChain's ChatOpenAI ----------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from templora_memory.errors import InvalidInputError, StoreError, TemploraError
 from templora_memory.server.bridge import Deadline, submit, wait_job
 from templora_memory.server.chat import checked_agent_id
 from templora_memory.server.http_errors import ApiError, from_library
+from templora_memory.server.scheduler import ShuttingDown
 from templora_memory.server.schemas import AbsorbRequest
 
 log = logging.getLogger("templora_memory.server")
@@ -143,7 +144,9 @@ def _absorbed(service: Any, agent_id: str, done: asyncio.Future) -> None:
     error = done.exception()
     if error is None:
         return
-    if isinstance(error, TemploraError):
+    if isinstance(error, ShuttingDown):
+        log.warning("agent=%r absorb dropped: the server shut down before it started", agent_id)
+    elif isinstance(error, TemploraError):
         service.absorb_errors[agent_id] = str(error)
         log.warning("agent=%r absorb failed: %s", agent_id, type(error).__name__)
     else:

@@ -53,7 +53,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     except TemploraError as exc:
         raise from_library(exc) from None
     _log_reply(agent_id, reply, started, stream=False)
-    return JSONResponse(completion.body(reply))
+    return JSONResponse(completion.body(reply), headers={"Server-Timing": live.job.timing()})
 
 
 async def _events(

@@ -2,9 +2,9 @@
 
 Generation and training are blocking CPU work, so every engine call runs on one of `workers` threads. Jobs
 wait in one queue per agent; a free worker takes the next job of the agent first in line that is not already
-running one, and an agent goes to the back of the line each time one of its jobs ends. So calls for one agent run one after
-another in the order they came, and a busy agent cannot hold back the others. At most `max_queue` jobs wait or
-run; past that, `submit` refuses with the seconds a client should wait before retrying (HTTP 429).
+running one, and an agent goes to the back of the line each time one of its jobs ends. So calls for one agent
+run one after another in the order they came, and a busy agent cannot hold back the others. At most
+`max_queue` jobs wait or run; past that, `submit` refuses with the seconds to wait before retrying (HTTP 429).
 
 All bookkeeping happens on the event loop's thread; only `Job.work` runs on a worker.
 """
@@ -44,6 +44,13 @@ class Job:
     future: asyncio.Future
     stop: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    times: list[float] = field(default_factory=lambda: [time.monotonic()])
+    """When it was queued, started and ended (monotonic seconds), as far as it got."""
+
+    def timing(self) -> str:
+        """A `Server-Timing` header value: milliseconds waiting in the queue and running on a worker."""
+        queued, began, ended = self.times
+        return f"queue;dur={1000 * (began - queued):.1f}, engine;dur={1000 * (ended - began):.1f}"
 
 
 class Scheduler:
@@ -111,7 +118,7 @@ class Scheduler:
         self._waiting.clear()
         running = [job.future for job in self._running.values()]
         await asyncio.gather(*running, return_exceptions=True)
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._pool.shutdown, True)
 
     def _dispatch(self) -> None:
         """Start the next jobs while workers are free: first in line among the agents not running one."""
@@ -127,19 +134,19 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         job.started = True
+        job.times.append(time.monotonic())
         self._running[job.agent_id] = job
-        begun = time.monotonic()
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self._pool, job.work, job.stop)
-        running.add_done_callback(lambda done: self._finish(job, done, begun))
+        running = asyncio.get_running_loop().run_in_executor(self._pool, job.work, job.stop)
+        running.add_done_callback(lambda done: self._finish(job, done))
 
-    def _finish(self, job: Job, done: asyncio.Future, begun: float) -> None:
+    def _finish(self, job: Job, done: asyncio.Future) -> None:
         """On the loop: free the agent (its next jobs go to the back of the line), hand the outcome to whoever
         waits for it, start what can start."""
         del self._running[job.agent_id]
         if job.agent_id in self._waiting:
             self._waiting[job.agent_id] = self._waiting.pop(job.agent_id)
-        self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - begun)
+        job.times.append(time.monotonic())
+        self._seconds = 0.8 * self._seconds + 0.2 * (job.times[2] - job.times[1])
         if not job.future.done():
             if done.exception() is not None:
                 job.future.set_exception(done.exception())
