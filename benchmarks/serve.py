@@ -15,16 +15,19 @@ server's, not a client library's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.client import HTTPConnection, HTTPResponse
 from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks import common
+from templora_memory.config import add_config_options
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling
@@ -43,9 +46,12 @@ LINES = [
 def add_parser(subparsers) -> None:
     """Register `serve`."""
     parser = subparsers.add_parser("serve", help="N HTTP clients over M agents: throughput, latency, memory intact")
-    common.add_common_options(
-        parser, "", "results/serve.json", chunk_tokens=128, train_context_tokens=128, window_tokens=512
+    parser.add_argument("--out", default="results/serve.json", help="JSON results (default: results/serve.json)")
+    parser.add_argument(
+        "--model", default=None, help="base model: local dir, cached HF id or .gguf (default: embedded)"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_config_options(parser, chunk_tokens=128, train_context_tokens=128, window_tokens=512)
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients (default: 4)")
     parser.add_argument("--agents", type=int, default=3, help="agents the clients talk to (default: 3)")
     parser.add_argument("--requests", type=int, default=24, help="chat requests in all (default: 24)")
@@ -114,20 +120,16 @@ def run(
 
 
 def _client(url: str, pending: list, lock: threading.Lock, calls: list, max_tokens: int, deadline: float) -> None:
-    """One client on one keep-alive connection: take the next planned request until none is left or time is up."""
-    http = HTTPConnection(*urlsplit(url).netloc.split(":"), timeout=600)
-    try:
-        while time.monotonic() < deadline:
-            with lock:
-                if not pending:
-                    return
-                agent_id, line = pending.pop()
-            calls.append(_chat(http, agent_id, line, max_tokens, deadline))
-    finally:
-        http.close()
+    """One client: take the next planned request until none is left or time is up."""
+    while time.monotonic() < deadline:
+        with lock:
+            if not pending:
+                return
+            agent_id, line = pending.pop()
+        calls.append(_chat(url, agent_id, line, max_tokens, deadline))
 
 
-def _chat(http: HTTPConnection, agent_id: str, line: str, max_tokens: int, deadline: float) -> dict[str, Any]:
+def _chat(url: str, agent_id: str, line: str, max_tokens: int, deadline: float) -> dict[str, Any]:
     """One streamed request (retried after Retry-After while the queue is full): status, timings, the reply."""
     body = {
         "model": "default",
@@ -138,32 +140,37 @@ def _chat(http: HTTPConnection, agent_id: str, line: str, max_tokens: int, deadl
     retries = 0
     while True:
         begun, ttft, pieces, failed = time.perf_counter(), None, [], False
-        response = _post(http, body, agent_id)
-        if response.status == 429 and time.monotonic() < deadline:
-            response.read()
-            retries += 1
-            time.sleep(float(response.getheader("Retry-After", "1")))
-            continue
-        for raw in response:  # server-sent events, one line each, as they arrive
-            event = raw.decode().strip()
-            if not event.startswith("data: {"):
+        with _posted(url, body, agent_id) as response:
+            if response.status == 429 and time.monotonic() < deadline:
+                retries += 1
+                time.sleep(float(response.getheader("Retry-After", "1")))
                 continue
-            chunk = json.loads(event.removeprefix("data: "))
-            failed |= "error" in chunk
-            piece = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
-            if piece:
-                ttft = ttft if ttft is not None else time.perf_counter() - begun
-                pieces.append(piece)
-        response.read()  # to the end, so the connection serves the next request
-        status = 500 if failed else response.status
+            for raw in response:  # server-sent events, one line each, as they arrive
+                event = raw.decode().strip()
+                if not event.startswith("data: {"):
+                    continue
+                chunk = json.loads(event.removeprefix("data: "))
+                failed |= "error" in chunk
+                piece = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
+                if piece:
+                    ttft = ttft if ttft is not None else time.perf_counter() - begun
+                    pieces.append(piece)
+            status = 500 if failed else response.status
         return _call(agent_id, line, status, begun, ttft, "".join(pieces) if status == 200 else None, retries)
 
 
-def _post(http: HTTPConnection, body: dict[str, Any], agent_id: str) -> HTTPResponse:
-    """POST a chat request for the agent on the client's connection."""
-    headers = {"Content-Type": "application/json", "X-Agent-Id": agent_id}
-    http.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), headers=headers)
-    return http.getresponse()
+@contextlib.contextmanager
+def _posted(url: str, body: dict[str, Any], agent_id: str) -> Iterator[HTTPResponse]:
+    """POST a chat request for the agent on a connection of its own (a game's requests are minutes apart: no
+    keep-alive lasts that long); the response is read inside the block, the connection closed after it."""
+    address = urlsplit(url)
+    http = HTTPConnection(address.hostname, address.port, timeout=600)
+    try:
+        headers = {"Content-Type": "application/json", "X-Agent-Id": agent_id}
+        http.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(), headers=headers)
+        yield http.getresponse()
+    finally:
+        http.close()
 
 
 def _call(agent_id, line, status, begun, ttft, reply, retries) -> dict[str, Any]:
@@ -215,7 +222,6 @@ def overhead(engine: MemoryEngine, settings, replies: int, max_tokens: int) -> d
     sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
     direct, over_http, beyond_engine, same = [], [], [], True
     with BackgroundServer(engine, settings) as server:
-        http = HTTPConnection(*urlsplit(server.url).netloc.split(":"), timeout=600)
         for i in range(replies):
             for way in ("direct", "http") if i % 2 == 0 else ("http", "direct"):
                 begun = time.perf_counter()
@@ -223,13 +229,13 @@ def overhead(engine: MemoryEngine, settings, replies: int, max_tokens: int) -> d
                     text = engine.respond(f"overhead-direct-{i}", messages, sampling).result().content
                     direct.append(time.perf_counter() - begun)
                     continue
-                response = _post(http, {"messages": messages, "max_tokens": max_tokens}, f"overhead-http-{i}")
-                answer = json.loads(response.read())
+                body = {"messages": messages, "max_tokens": max_tokens}
+                with _posted(server.url, body, f"overhead-http-{i}") as response:
+                    answer, timing = json.loads(response.read()), response.getheader("Server-Timing")
                 over_http.append(time.perf_counter() - begun)
-                beyond_engine.append(over_http[-1] - _engine_seconds(response.getheader("Server-Timing")))
+                beyond_engine.append(over_http[-1] - _engine_seconds(timing))
                 content = answer["choices"][0]["message"]["content"]
             same &= content == text
-        http.close()
     for i in range(replies):
         engine.forget(f"overhead-direct-{i}")
         engine.forget(f"overhead-http-{i}")
@@ -257,6 +263,7 @@ def _engine_seconds(server_timing: str) -> float:
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
+    """Median and 95th percentile, rounded to milliseconds."""
     if not values:
         return {"p50": None, "p95": None}
     ordered = sorted(values)

@@ -22,6 +22,7 @@ from templora_memory import MemoryEngine
 
 
 def main(argv: list[str] | None = None, engine: MemoryEngine | None = None) -> dict[str, dict]:
+    """Play the NPCs for --turns lines; returns each NPC's stats as the server reports them."""
     options = parser("three NPCs through the HTTP server, one agent id each", turns=4)
     options.add_argument("--base-url", default=None, help="a running server (default: start one on a free port)")
     args = options.parse_args(argv)

@@ -49,6 +49,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    """Load the engine and serve it until SIGINT / SIGTERM."""
     try:
         from templora_memory.server import ServerSettings, serve
     except ImportError as exc:
@@ -80,6 +81,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _loopback(host: str) -> bool:
+    """True if `host` is only reachable from this machine."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

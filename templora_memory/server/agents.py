@@ -101,6 +101,7 @@ async def import_agent(agent_id: str, request: Request) -> dict:
         raise
 
     def work(stop: object) -> AgentStats:
+        """On a worker: unpack and install (the folder is removed whatever happens)."""
         return _import(service.engine, agent_id, archive, limit)
 
     stats = await _run(request, agent_id, "import", work, cleanup=folder)
@@ -198,4 +199,5 @@ def _unpack(archive: Path, target: Path, limit: int) -> None:
 
 
 def _remove_folder(archive: Path) -> None:
+    """Delete the temporary folder an archive was written in."""
     shutil.rmtree(archive.parent, ignore_errors=True)

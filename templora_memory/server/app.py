@@ -48,6 +48,7 @@ class ServerSettings:
     """Browser origins allowed to call the server (web games); none by default."""
 
     def __post_init__(self) -> None:
+        """Refuse bounds that could never admit work, naming the field."""
         for name in ("workers", "max_queue", "request_timeout", "max_body_bytes", "max_import_bytes"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -67,6 +68,7 @@ class Service:
 
     @property
     def timeout(self) -> float:
+        """Seconds each request may take."""
         return self.settings.request_timeout
 
 
@@ -81,6 +83,7 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Start the scheduler; on shutdown drain it and commit every resident agent."""
         app.state.service = Service(engine, settings, Scheduler(settings.workers, settings.max_queue))
         yield
         await app.state.service.scheduler.close()

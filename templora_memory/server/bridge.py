@@ -40,6 +40,7 @@ class Deadline:
     """When a request must be answered by, and (for a request not yet answering) whether its client is there."""
 
     def __init__(self, timeout: float, request: Request | None = None) -> None:
+        """`timeout` seconds from now; `request` is the client to watch (None: nobody to watch)."""
         self._loop = asyncio.get_running_loop()
         self.timeout = timeout
         self.at = self._loop.time() + timeout
@@ -47,6 +48,7 @@ class Deadline:
         self._checked = self._loop.time()
 
     def remaining(self) -> float:
+        """Seconds left (0 once passed)."""
         return max(0.0, self.at - self._loop.time())
 
     def check(self) -> None:
@@ -115,6 +117,7 @@ class LiveReply:
     def __init__(
         self, scheduler: Scheduler, engine: MemoryEngine, agent_id: str, call: ReplyCall, deadline: Deadline
     ) -> None:
+        """Queue the reply at once (429 / 503 if it cannot be queued)."""
         self._loop = asyncio.get_running_loop()
         self._pieces: asyncio.Queue = asyncio.Queue()
         self._scheduler, self._engine, self._call = scheduler, engine, call
@@ -159,6 +162,7 @@ class LiveReply:
             self._put(_END)
 
     def _put(self, item: object) -> None:
+        """From the worker: hand a piece (or the end) to the event loop."""
         self._loop.call_soon_threadsafe(self._pieces.put_nowait, item)
 
 

@@ -125,6 +125,7 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
+    """The served model by its id; any other id is a 404."""
     model = _model(request)
     if model_id != model["id"]:
         raise ApiError(404, f"model {model_id[:80]!r} is not served here; this server runs {model['id']!r}")
@@ -132,5 +133,6 @@ async def get_model(model_id: str, request: Request) -> dict:
 
 
 def _model(request: Request) -> dict:
+    """OpenAI's model object for the engine's model."""
     service = request.app.state.service
     return {"id": service.engine.model_name, "object": "model", "created": service.started, "owned_by": "templora"}

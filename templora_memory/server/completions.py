@@ -159,6 +159,7 @@ class Completion:
         return events
 
     def _head(self, kind: str) -> dict[str, Any]:
+        """The fields every response object of this completion starts with."""
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "system_fingerprint": None}
 
 
@@ -189,6 +190,7 @@ def finish(reply: Reply) -> str:
 
 
 def usage(reply: Reply) -> dict[str, int]:
+    """OpenAI's usage object: prompt, completion and total tokens."""
     return {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,

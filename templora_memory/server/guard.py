@@ -20,11 +20,13 @@ class Guard:
     """Refuses requests without the right key, and bodies over the limit for their path."""
 
     def __init__(self, app: ASGIApp, api_key: str | None, max_body_bytes: int, max_import_bytes: int) -> None:
+        """Wrap `app`; `api_key` None means no key is needed."""
         self.app = app
         self._key = api_key.encode() if api_key else None
         self._limits = (max_body_bytes, max_import_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse now (401, 413) or pass the request on with its body counted."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -65,6 +67,7 @@ def _counted(receive: Receive, limit: int) -> Receive:
     seen = 0
 
     async def counted() -> Message:
+        """The next message, its bytes added to the count."""
         nonlocal seen
         message = await receive()
         if message["type"] == "http.request":
@@ -77,6 +80,7 @@ def _counted(receive: Receive, limit: int) -> Receive:
 
 
 def _too_large(size: int, limit: int) -> ApiError:
+    """The 413, naming the limit and the option that sets it."""
     return ApiError(
         413,
         f"the request body ({size} bytes or more) is over the server's limit of {limit} bytes "

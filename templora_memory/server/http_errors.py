@@ -34,6 +34,7 @@ class ApiError(HTTPException):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        """`status` and `message` as the client reads them; `param` names the offending parameter."""
         super().__init__(status, message, headers)
         self.param, self.code = param, code
 
@@ -82,6 +83,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _library_error(request: Request, exc: TemploraError) -> JSONResponse:
+    """A library error that reached a route unconverted."""
     return from_library(exc).response()
 
 

@@ -49,6 +49,7 @@ class BackgroundServer:
         port: int = 0,
         log_level: str = "warning",
     ) -> None:
+        """Bind the port now (0: any free one, read back into `url`); `start` serves."""
         settings = settings or ServerSettings()
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,7 +80,9 @@ class BackgroundServer:
         self._socket.close()
 
     def __enter__(self) -> BackgroundServer:
+        """Start serving."""
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
+        """Shut down gracefully."""
         self.close()

@@ -26,6 +26,7 @@ class QueueFull(Exception):
     """Every place in the queue is taken; retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: int) -> None:
+        """`retry_after`: whole seconds, for the Retry-After header."""
         super().__init__(f"the queue is full; retry after {retry_after} s")
         self.retry_after = retry_after
 
@@ -57,6 +58,7 @@ class Scheduler:
     """Runs jobs on worker threads: bounded, serial per agent, round-robin across agents."""
 
     def __init__(self, workers: int, max_queue: int) -> None:
+        """`workers` threads; at most `max_queue` jobs waiting or running."""
         self.workers = workers
         self.max_queue = max_queue
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="templora-worker")
@@ -133,6 +135,7 @@ class Scheduler:
             self._start(job)
 
     def _start(self, job: Job) -> None:
+        """Run the job on a worker; `_finish` follows on the loop."""
         job.started = True
         job.times.append(time.monotonic())
         self._running[job.agent_id] = job

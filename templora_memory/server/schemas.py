@@ -81,6 +81,8 @@ class Tool(_Open):
 
 
 class NamedFunction(_Open):
+    """The function a `tool_choice` names."""
+
     name: StrictStr
 
 
@@ -107,12 +109,15 @@ class ResponseFormat(_Open):
 
     @model_validator(mode="after")
     def _has_schema(self) -> ResponseFormat:
+        """A json_schema format must carry its schema."""
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("type 'json_schema' needs a json_schema object with the schema")
         return self
 
 
 class StreamOptions(_Open):
+    """`stream_options`: `include_usage` adds a last chunk with the usage."""
+
     include_usage: StrictBool = False
 
 
