@@ -105,7 +105,7 @@ def one_thread():
 
 
 @pytest.fixture
-def serve():
+def start_server():
     """Start `templora_memory.server` over an engine on a free loopback port (uvicorn in a thread); stopped after."""
     from templora_memory.server import BackgroundServer, ServerSettings
 

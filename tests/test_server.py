@@ -90,9 +90,9 @@ def gate(scripted_model, monkeypatch):
 # ----- the official openai client -------------------------------------------------------------
 
 
-def test_openai_client_replies_and_the_reply_is_remembered(make_engine, scripted_model, serve):
+def test_openai_client_replies_and_the_reply_is_remembered(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     prompts = scripted_model.play(engine.tokenizer, "Welcome to the Sleeping Fox.")
     reply = client(server, "innkeeper").chat.completions.create(
         model="anything", messages=[{"role": "system", "content": "You keep an inn."}, user("Hello!")], max_tokens=64
@@ -108,9 +108,9 @@ def test_openai_client_replies_and_the_reply_is_remembered(make_engine, scripted
     ]
 
 
-def test_openai_client_streams_with_usage_last(make_engine, scripted_model, serve):
+def test_openai_client_streams_with_usage_last(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "The cellar door is locked.")
     stream = client(server, "innkeeper").chat.completions.create(
         model="m",
@@ -129,9 +129,9 @@ def test_openai_client_streams_with_usage_last(make_engine, scripted_model, serv
     assert engine.stats("innkeeper").turns_seen == 2
 
 
-def test_the_whole_history_or_only_the_new_turn_writes_each_turn_once(make_engine, scripted_model, serve):
+def test_the_whole_history_or_only_the_new_turn_writes_each_turn_once(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     prompts = scripted_model.play(engine.tokenizer, "Aye.", "Friday it is.", "Stew.")
     npc = client(server, "cook")
     history = [{"role": "system", "content": "You are the cook."}, user("We dock at Vell.")]
@@ -144,9 +144,9 @@ def test_the_whole_history_or_only_the_new_turn_writes_each_turn_once(make_engin
     assert "We dock at Vell." in prompts[-1] and "You are the cook." in prompts[-1]  # the window supplied the rest
 
 
-def test_a_required_tool_call_comes_back_as_openai_tool_calls(tool_memory, scripted_model, serve):
+def test_a_required_tool_call_comes_back_as_openai_tool_calls(tool_memory, scripted_model, start_server):
     engine = tool_memory.engine
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, CALL_TEXT, "Milk is 1.10 EUR.")
     npc = client(server, "shopper")
     ask = [user("How much is milk?")]
@@ -162,8 +162,8 @@ def test_a_required_tool_call_comes_back_as_openai_tool_calls(tool_memory, scrip
     assert engine.window("shopper")[1]["tool_calls"][0]["function"]["arguments"] == {"item": "milk"}
 
 
-def test_a_streamed_tool_call_arrives_in_one_delta(tool_memory, scripted_model, serve):
-    server = serve(tool_memory.engine)
+def test_a_streamed_tool_call_arrives_in_one_delta(tool_memory, scripted_model, start_server):
+    server = start_server(tool_memory.engine)
     scripted_model.play(tool_memory.engine.tokenizer, CALL_TEXT)
     choice = {"type": "function", "function": {"name": "market_price"}}
     stream = client(server, "shopper").chat.completions.create(
@@ -175,9 +175,9 @@ def test_a_streamed_tool_call_arrives_in_one_delta(tool_memory, scripted_model, 
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-def test_response_format_json_schema_reaches_the_reply(make_engine, scripted_model, serve):
+def test_response_format_json_schema_reaches_the_reply(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, '{"name": "Ada", "age": 36}')
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
     reply = client(server, "clerk").chat.completions.create(
@@ -188,11 +188,11 @@ def test_response_format_json_schema_reaches_the_reply(make_engine, scripted_mod
     assert json.loads(reply.choices[0].message.content) == {"name": "Ada", "age": 36}
 
 
-def test_the_readme_python_snippet_runs_against_the_server(make_engine, scripted_model, serve, capsys):
+def test_the_readme_python_snippet_runs_against_the_server(make_engine, scripted_model, start_server, capsys):
     from tests.test_readme import readme_snippets
 
     engine = make_engine(window_tokens=400)
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "Shields, aye.", "You are Ivo.")
     (snippet,) = readme_snippets("Serve over HTTP (OpenAI-compatible)")
     exec(snippet.replace("http://127.0.0.1:8000", server.url), {})
@@ -203,13 +203,13 @@ def test_the_readme_python_snippet_runs_against_the_server(make_engine, scripted
 # ----- LangChain's ChatOpenAI ----------------------------------------------------------------------
 
 
-def test_langchain_chat_openai_chain_remembers_a_fact_for_the_next_request(make_engine, scripted_model, serve):
+def test_langchain_chat_openai_chain_remembers_a_fact_for_the_next_request(make_engine, scripted_model, start_server):
     langchain_openai = pytest.importorskip("langchain_openai")
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
 
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     prompts = scripted_model.play(engine.tokenizer, "Noted.", "Fish stew.")
     llm = langchain_openai.ChatOpenAI(
         base_url=f"{server.url}/v1", api_key="unused", model="tiny", default_headers={"X-Agent-Id": "cook"}
@@ -267,9 +267,9 @@ BAD = {
 }
 
 
-def test_bad_input_gets_its_4xx_in_openai_shape_and_the_server_keeps_serving(make_engine, scripted_model, serve):
+def test_bad_input_gets_its_4xx_in_openai_shape_and_the_server_keeps_serving(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine, max_body_bytes=64_000)
+    server = start_server(engine, max_body_bytes=64_000)
     scripted_model.play(engine.tokenizer, "Still here.")
     for name, (body, options, status, param) in BAD.items():
         response = post(server, body, **options)
@@ -283,16 +283,16 @@ def test_bad_input_gets_its_4xx_in_openai_shape_and_the_server_keeps_serving(mak
     assert engine.stats("npc").turns_seen == 2
 
 
-def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(make_engine, serve):
-    server = serve(make_engine(), max_body_bytes=10_000)
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(make_engine, start_server):
+    server = start_server(make_engine(), max_body_bytes=10_000)
     pieces = (b'{"messages": [' + b" " * 4_000 for _ in range(4))  # no Content-Length: sent in chunks
     response = httpx.post(f"{server.url}/v1/chat/completions", content=pieces, headers={"x-agent-id": "npc"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
 
 
-def test_the_api_key_is_required_when_set(make_engine, scripted_model, serve):
+def test_the_api_key_is_required_when_set(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine, api_key="s3cret")
+    server = start_server(engine, api_key="s3cret")
     scripted_model.play(engine.tokenizer, "Hello, friend.")
     assert post(server, GOOD).status_code == 401
     wrong = post(server, GOOD, headers={"authorization": "Bearer guess"})
@@ -307,8 +307,8 @@ def test_the_api_key_is_required_when_set(make_engine, scripted_model, serve):
     assert npc.models.list().data[0].id == "tiny-llama"
 
 
-def test_the_official_client_raises_its_own_errors(tool_memory, serve):
-    server = serve(tool_memory.engine)
+def test_the_official_client_raises_its_own_errors(tool_memory, start_server):
+    server = start_server(tool_memory.engine)
     npc = client(server, "npc")
     choice = {"type": "function", "function": {"name": "steal"}}
     with pytest.raises(openai.BadRequestError, match="names no bound tool") as refused:
@@ -321,9 +321,9 @@ def test_the_official_client_raises_its_own_errors(tool_memory, serve):
 # ----- concurrency --------------------------------------------------------------------------------
 
 
-def test_a_full_queue_answers_429_with_retry_after(make_engine, scripted_model, gate, serve):
+def test_a_full_queue_answers_429_with_retry_after(make_engine, scripted_model, gate, start_server):
     engine = make_engine()
-    server = serve(engine, workers=1, max_queue=2)
+    server = start_server(engine, workers=1, max_queue=2)
     scripted_model.play(engine.tokenizer, "Done.")
     gate.clear()
     results = []
@@ -341,9 +341,9 @@ def test_a_full_queue_answers_429_with_retry_after(make_engine, scripted_model, 
     assert engine.stats("c").turns_seen == 0 and post(server, GOOD, "c").status_code == 200
 
 
-def test_calls_for_one_agent_run_in_order_and_other_agents_take_turns(make_engine, scripted_model, gate, serve):
+def test_calls_for_one_agent_run_in_order_and_other_agents_take_turns(make_engine, scripted_model, gate, start_server):
     engine = make_engine()
-    server = serve(engine, workers=1)
+    server = start_server(engine, workers=1)
     prompts = scripted_model.play(engine.tokenizer, "Ok.")
     gate.clear()
     sent = [("a", "first of a"), ("a", "second of a"), ("a", "third of a"), ("b", "only b")]
@@ -367,9 +367,9 @@ def test_calls_for_one_agent_run_in_order_and_other_agents_take_turns(make_engin
     ]
 
 
-def test_concurrent_clients_over_several_agents_lose_and_duplicate_no_turn(make_engine, scripted_model, serve):
+def test_concurrent_clients_over_several_agents_lose_and_duplicate_no_turn(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine, workers=2)
+    server = start_server(engine, workers=2)
     scripted_model.play(engine.tokenizer, "Yes.", "No.", "Maybe.")
     sent = [(f"agent-{i % 3}", f"line {i}") for i in range(12)]
     replies = {}
@@ -391,9 +391,11 @@ def test_concurrent_clients_over_several_agents_lose_and_duplicate_no_turn(make_
         assert {fingerprint(user(line)) for line in lines} <= set(kept)
 
 
-def test_a_client_leaving_mid_stream_stops_the_reply_and_it_is_not_remembered(make_engine, scripted_model, gate, serve):
+def test_a_client_leaving_mid_stream_stops_the_reply_and_it_is_not_remembered(
+    make_engine, scripted_model, gate, start_server
+):
     engine = make_engine(window_tokens=400)
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "a long story " * 30)
     gate.delay = 0.05
     body = {"messages": [user("Tell me a story.")], "stream": True}
@@ -408,9 +410,9 @@ def test_a_client_leaving_mid_stream_stops_the_reply_and_it_is_not_remembered(ma
     assert engine.stats("bard").turns_seen == 3
 
 
-def test_a_client_leaving_before_a_plain_reply_stops_it_too(make_engine, scripted_model, gate, serve):
+def test_a_client_leaving_before_a_plain_reply_stops_it_too(make_engine, scripted_model, gate, start_server):
     engine = make_engine(window_tokens=400)
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "a long story " * 30)
     gate.delay = 0.05
     with pytest.raises(httpx.ReadTimeout):
@@ -419,9 +421,11 @@ def test_a_client_leaving_before_a_plain_reply_stops_it_too(make_engine, scripte
     assert engine.window("bard") == [user("Tell me a story.")]
 
 
-def test_a_request_past_its_timeout_gets_504_and_its_reply_is_not_remembered(make_engine, scripted_model, gate, serve):
+def test_a_request_past_its_timeout_gets_504_and_its_reply_is_not_remembered(
+    make_engine, scripted_model, gate, start_server
+):
     engine = make_engine(window_tokens=400)
-    server = serve(engine, request_timeout=0.5)
+    server = start_server(engine, request_timeout=0.5)
     scripted_model.play(engine.tokenizer, "a long story " * 30)
     gate.delay = 0.05
     response = post(server, {"messages": [user("Tell me a story.")]}, "bard")
@@ -435,9 +439,9 @@ def test_a_request_past_its_timeout_gets_504_and_its_reply_is_not_remembered(mak
 # ----- memory routes, logs, shutdown, command line --------------------------------------------------
 
 
-def test_memory_routes_stats_absorb_forget(make_engine, scripted_model, serve):
+def test_memory_routes_stats_absorb_forget(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "Hm.")
     agents = f"{server.url}/v1/agents"
     post(server, GOOD, "sage")
@@ -456,9 +460,9 @@ def test_memory_routes_stats_absorb_forget(make_engine, scripted_model, serve):
     assert httpx.get(f"{agents}/.hidden").json()["error"]["code"] == "invalid_agent_id"
 
 
-def test_export_and_import_move_an_agent_between_servers(make_engine, scripted_model, serve, tmp_path):
+def test_export_and_import_move_an_agent_between_servers(make_engine, scripted_model, start_server, tmp_path):
     source, target = make_engine(store=tmp_path / "a"), make_engine(store=tmp_path / "b")
-    first, second = serve(source), serve(target)
+    first, second = start_server(source), start_server(target)
     scripted_model.play(source.tokenizer, "Aye.")
     for line in ("The well is dry.", "The key is under the mat.", "Bring rope."):
         post(first, {"messages": [user(line)]}, "guard")
@@ -475,18 +479,18 @@ def test_export_and_import_move_an_agent_between_servers(make_engine, scripted_m
     assert httpx.get(f"{first.url}/v1/agents/nobody/export").status_code == 404
 
 
-def test_export_without_a_store_says_how_to_get_one(make_engine, scripted_model, serve):
+def test_export_without_a_store_says_how_to_get_one(make_engine, scripted_model, start_server):
     engine = make_engine()
-    server = serve(engine)
+    server = start_server(engine)
     scripted_model.play(engine.tokenizer, "Hi.")
     post(server, GOOD, "npc")
     refused = httpx.get(f"{server.url}/v1/agents/npc/export")
     assert refused.status_code == 400 and "store" in refused.json()["error"]["message"]
 
 
-def test_logs_never_show_message_contents(make_engine, scripted_model, serve, caplog):
+def test_logs_never_show_message_contents(make_engine, scripted_model, start_server, caplog):
     engine = make_engine()
-    server = serve(engine, log_level="info")
+    server = start_server(engine, log_level="info")
     scripted_model.play(engine.tokenizer, "The answer is swordfish.")
     with caplog.at_level("INFO"):
         post(server, {"messages": [user("The password is bluebell.")]}, "npc")

@@ -23,9 +23,9 @@ def forgetting():
         engine.forget(agent_id)
 
 
-def test_a_required_call_is_valid_and_the_answer_follows_it(real_tool_engine, serve, forgetting):
+def test_a_required_call_is_valid_and_the_answer_follows_it(real_tool_engine, start_server, forgetting):
     forgetting.append((real_tool_engine, "shopper"))
-    npc = client(serve(real_tool_engine), "shopper")
+    npc = client(start_server(real_tool_engine), "shopper")
     ask = [{"role": "system", "content": "You help with shopping."}, user("How much is milk today?")]
     reply = npc.chat.completions.create(
         model="m", messages=ask, tools=[MARKET_PRICE], tool_choice="required", max_tokens=48
@@ -40,14 +40,14 @@ def test_a_required_call_is_valid_and_the_answer_follows_it(real_tool_engine, se
     assert real_tool_engine.stats("shopper").turns_seen == 4  # ask, call, result, answer: each written once
 
 
-def test_json_schema_replies_parse_under_the_schema(real_tool_engine, serve, forgetting):
+def test_json_schema_replies_parse_under_the_schema(real_tool_engine, start_server, forgetting):
     forgetting.append((real_tool_engine, "clerk"))
     schema = {
         "type": "object",
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
         "required": ["name", "age"],
     }
-    reply = client(serve(real_tool_engine), "clerk").chat.completions.create(
+    reply = client(start_server(real_tool_engine), "clerk").chat.completions.create(
         model="m",
         messages=[user("Ada Lovelace died at 36. Give her name and age.")],
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
@@ -57,9 +57,9 @@ def test_json_schema_replies_parse_under_the_schema(real_tool_engine, serve, for
     assert set(person) == {"name", "age"} and isinstance(person["name"], str) and isinstance(person["age"], int)
 
 
-def test_a_streamed_reply_is_what_the_agent_remembers(real_engine, serve, forgetting):
+def test_a_streamed_reply_is_what_the_agent_remembers(real_engine, start_server, forgetting):
     forgetting.append((real_engine, "bram"))
-    stream = client(serve(real_engine), "bram").chat.completions.create(
+    stream = client(start_server(real_engine), "bram").chat.completions.create(
         model="m",
         messages=[
             {"role": "system", "content": "You are Bram the innkeeper."},
