@@ -282,8 +282,8 @@ def table(result: dict[str, Any]) -> str:
         ("time to first token p50 / p95 (s)", f"{ttft['p50']} / {ttft['p95']}"),
         ("429 (retried) / 5xx", f"{result['http_429']} / {result['http_5xx']}"),
         (
-            "turns lost / duplicated / out of order",
-            f"{memory['lost']} / {memory['duplicated']} / {memory['out_of_order']}",
+            "turns lost / duplicated / extra / out of order",
+            "{lost} / {duplicated} / {extra} / {out_of_order}".format(**memory),
         ),
         ("reply in-process / over HTTP (s)", f"{cost['in_process_s']} / {cost['http_s']}"),
         ("same reply both ways", cost["same_replies"]),
