@@ -425,7 +425,7 @@ def test_a_request_past_its_timeout_gets_504_and_its_reply_is_not_remembered(
     make_engine, scripted_model, gate, start_server
 ):
     engine = make_engine(window_tokens=400)
-    server = start_server(engine, request_timeout=0.5)
+    server = start_server(engine, request_timeout=1.0)  # the script takes ~4.5 s
     scripted_model.play(engine.tokenizer, "a long story " * 30)
     gate.delay = 0.05
     response = post(server, {"messages": [user("Tell me a story.")]}, "bard")

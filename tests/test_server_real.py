@@ -35,7 +35,7 @@ def test_a_required_call_is_valid_and_the_answer_follows_it(real_tool_engine, st
     assert json.loads(call.function.arguments)["item"] in ("bread", "milk", "eggs")  # valid under the schema
     result = {"role": "tool", "tool_call_id": call.id, "content": "1.10 EUR"}
     history = [*ask, reply.choices[0].message.model_dump(exclude_none=True), result]
-    answer = npc.chat.completions.create(model="m", messages=history, tools=[MARKET_PRICE], max_tokens=12)
+    answer = npc.chat.completions.create(model="m", messages=history, tools=[MARKET_PRICE], max_tokens=6)
     assert answer.choices[0].message.content.strip() and answer.usage.completion_tokens > 0
     assert real_tool_engine.stats("shopper").turns_seen == 4  # ask, call, result, answer: each written once
 
