@@ -1,7 +1,7 @@
 """templora-memory's benchmarks, run from a checkout: `python -m benchmarks {pg19,locomo,recipes,cost,scale,...}`.
 
 They live beside the library, not in it (`pip install` does not ship them), and need the `bench` extra
-(`pip install -e ".[bench]"`); `suites` also needs the `test` and `compare` extras.
+(`pip install -e ".[bench]"`); `suites` also needs the `test` and `compare` extras, `serve` the `server` extra.
 """
 
 from __future__ import annotations
@@ -19,24 +19,25 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "bench": ("bm25s", "matplotlib", "nltk"),
     "test": ("pytest", "pytest_asyncio", "langchain_tests"),
     "compare": ("langchain_huggingface",),
+    "server": ("fastapi", "uvicorn"),
 }
 """The modules each optional dependency group of pyproject.toml brings (import names)."""
-NEEDS: dict[str, tuple[str, ...]] = {"suites": ("bench", "test", "compare")}
+NEEDS: dict[str, tuple[str, ...]] = {"suites": ("bench", "test", "compare"), "serve": ("bench", "server")}
 """Extras a sub-command needs beyond `bench` (`constrain` reports a missing comparison library in its table)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`python -m benchmarks` and its sub-commands; each sets `run`, called as `args.run(args)`."""
-    from benchmarks import constrain, cost, locomo, pg19, recall, recipes, scale, suites
+    from benchmarks import constrain, cost, locomo, pg19, recall, recipes, scale, serve, suites
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19 perplexity, LoCoMo and needle recall, recipes, cost, scale, constrained decoding, suites",
+        description="PG19, LoCoMo and needle recall, recipes, cost, scale, serving, constrained decoding, suites",
     )
     commands = parser.add_subparsers(
-        dest="bench", required=True, metavar="{pg19,locomo,recall,recipes,cost,scale,constrain,suites}"
+        dest="bench", required=True, metavar="{pg19,locomo,recall,recipes,cost,scale,serve,constrain,suites}"
     )
-    for module in (pg19, locomo, recall, recipes, cost, scale, constrain, suites):
+    for module in (pg19, locomo, recall, recipes, cost, scale, serve, constrain, suites):
         module.add_parser(commands)
     return parser
 

@@ -1,8 +1,14 @@
-"""The `templora-memory` command: chat with an agent or run the demo (benchmarks: `python -m benchmarks`)."""
+"""The `templora-memory` command: chat with an agent, serve agents over HTTP, or run the demo.
+
+Benchmarks: `python -m benchmarks`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
+import os
 import sys
 
 from templora_memory.config import add_config_options, config_from_args
@@ -42,6 +48,70 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(model=args.model, config=config_from_args(args))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    """Load the engine and serve it until SIGINT / SIGTERM."""
+    try:
+        from templora_memory.server import ServerSettings, serve
+    except ImportError as exc:
+        raise TemploraError(
+            f"`templora-memory serve` needs the server extra ({exc.name} is missing): "
+            'pip install "templora-memory[server]"'
+        ) from None
+    from templora_memory.engine import MemoryEngine
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    settings = ServerSettings(
+        api_key=args.api_key or os.environ.get("TEMPLORA_API_KEY") or None,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_import_bytes=args.max_import_bytes,
+        shutdown_timeout=args.shutdown_timeout,
+        cors_origins=tuple(args.cors_origin),
+    )
+    if settings.api_key is None and not _loopback(args.host):
+        logging.getLogger("templora_memory.server").warning(
+            "serving on %s without an API key: anyone who can reach it can read and change every agent's memory; "
+            "set TEMPLORA_API_KEY",
+            args.host,
+        )
+    engine = MemoryEngine(args.model, config_from_args(args), store=args.store, max_resident=args.max_resident)
+    serve(engine, settings, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _loopback(host: str) -> bool:
+    """True if `host` is only reachable from this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """Where to listen, what to serve, and how to bound the work (defaults suit one CPU machine)."""
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
+    serve.add_argument("--store", default=None, help="directory where agents persist (default: RAM only)")
+    serve.add_argument("--max-resident", type=int, default=None, help="most adapters in RAM (default: no limit)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="bearer key every request must carry (default: $TEMPLORA_API_KEY; prefer it: options show in ps)",
+    )
+    serve.add_argument("--workers", type=int, default=2, help="threads running replies and training (default: 2)")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting or running; then 429 (default: 64)")
+    serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request; then 504 (300)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="largest request body (4 MiB)")
+    serve.add_argument("--max-import-bytes", type=int, default=2**30, help="largest agent archive imported (1 GiB)")
+    serve.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds replies get at shutdown (30)")
+    serve.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeatable)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_config_options(serve)
+    serve.set_defaults(run=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="templora-memory", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
     add_config_options(chat)
     chat.set_defaults(run=_chat)
+    serve = commands.add_parser("serve", help="serve agents over HTTP, OpenAI-compatible (the `server` extra)")
+    _add_serve_options(serve)
     demo = commands.add_parser("demo", help="an NPC dialogue longer than the window, recalled from the adapter")
     demo.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
     from templora_memory.demo import DEMO_CONFIG

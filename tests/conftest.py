@@ -102,3 +102,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def start_server():
+    """Start `templora_memory.server` over an engine on a free loopback port (uvicorn in a thread); stopped after."""
+    from templora_memory.server import BackgroundServer, ServerSettings
+
+    started = []
+
+    def start(engine: MemoryEngine, log_level: str = "warning", **settings):
+        server = BackgroundServer(engine, ServerSettings(**settings), log_level=log_level).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("nltk")
 
 import benchmarks  # noqa: E402
-from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, suites  # noqa: E402
+from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, serve, suites  # noqa: E402
 from benchmarks import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
 from templora_memory.generation import Sampling  # noqa: E402
@@ -191,7 +191,8 @@ def test_python_m_benchmarks_lists_every_sub_command():
         [sys.executable, "-m", "benchmarks", "--help"], cwd=common.REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0
-    assert all(name in done.stdout for name in ("pg19", "locomo", "recipes", "cost", "scale", "constrain", "suites"))
+    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "constrain", "suites")
+    assert all(name in done.stdout for name in names)
 
 
 @pytest.mark.parametrize("command", ["pg19", "locomo", "cost", "scale"])
@@ -234,6 +235,22 @@ def test_scale_reports_switch_latency_disk_and_rss(make_engine, locomo_file):
     disk = result["disk_mib_per_agent"]
     assert disk["after_conversation"] > 0 and disk["after_one_chunk"] > 0
     assert "switch" in scale.table(result)
+
+
+def test_serve_keeps_every_turn_under_concurrent_clients_and_measures_the_http_overhead(make_engine):
+    pytest.importorskip("fastapi")
+    from templora_memory.server import ServerSettings
+
+    engine = make_engine(window_tokens=512)  # room for the villagers' persona in the tiny tokenizer's tokens
+    settings = ServerSettings(workers=2, max_queue=3)  # 4 clients: some requests meet a full queue and retry
+    result = serve.run(engine, settings, clients=4, agents=2, requests=10, max_tokens=4, max_seconds=120)
+    assert result["requests_done"] == 10 and result["http_5xx"] == 0 and result["statuses"] == {"200": 10}
+    assert result["memory"] == {"turns_expected": 20, "lost": 0, "duplicated": 0, "extra": 0, "out_of_order": 0}
+    assert 0 < result["latency_s"]["p50"] <= result["latency_s"]["p95"] and result["requests_per_s"] > 0
+    cost = serve.overhead(engine, settings, replies=2, max_tokens=4)
+    assert cost["same_replies"] and cost["in_process_s"] > 0 and cost["http_s"] > 0 and cost["http_layer_ms"] > 0
+    assert not any(agent.startswith("overhead-") for agent in engine.agent_ids())
+    assert "HTTP layer per reply" in serve.table({**result, "overhead": cost})
 
 
 def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from examples import agent_chain, assistant_session, npc_dialogue
+from examples import agent_chain, assistant_session, npc_dialogue, npc_server
 
 pytestmark = pytest.mark.real_model
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,13 +34,21 @@ def test_npc_dialogue_npcs_share_one_model(engine):
     assert set(npc_dialogue.NPCS) <= set(engine.resident_ids())  # three adapters over the one shared base model
 
 
+def test_npc_server_plays_the_npcs_over_http(engine, capsys):
+    pytest.importorskip("fastapi")
+    stats = npc_server.main(["--turns", "1", "--max-tokens", "6"], engine=engine)
+    assert set(stats) == set(npc_dialogue.NPCS) and all(s["turns_seen"] == 2 for s in stats.values())
+    assert all(engine.stats(npc).turns_seen == 2 for npc in npc_dialogue.NPCS)  # the server wrote into the engine
+    assert "player: " in capsys.readouterr().out
+
+
 def test_assistant_session_moves_turns_into_the_adapter(engine):
     stats = assistant_session.main(["--turns", "6", "--max-tokens", "6"], engine=engine)
     assert stats.turns_seen == 12 and stats.tokens_written > 0  # 6 exchanges outgrow one 128-token chunk
 
 
 def test_examples_parse_turns_from_the_command_line():
-    for script in ("agent_chain", "npc_dialogue", "assistant_session"):
+    for script in ("agent_chain", "npc_dialogue", "assistant_session", "npc_server"):
         command = [sys.executable, "-m", f"examples.{script}", "--help"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert result.returncode == 0 and "--turns" in result.stdout
