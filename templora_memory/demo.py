@@ -8,15 +8,23 @@ from templora_memory.chat_model import ParametricMemory
 from templora_memory.config import TempLoraConfig
 from templora_memory.generation import Sampling
 
-DEMO_CONFIG = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=40)
-"""A small window so that the demo's dialogue outgrows it within a couple of minutes on a CPU."""
+DEMO_CONFIG = dict(
+    window_tokens=256,
+    chunk_tokens=128,
+    train_context_tokens=128,
+    max_new_tokens=40,
+    probe_questions=8,
+    replay_probes=64,
+)
+"""A small window so that the dialogue outgrows it within minutes on a CPU, and the recall recipe (context
+distillation onto probes, with replay; README, "Memory that answers")."""
 
 AGENT = "bram-the-innkeeper"
 SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the traveller briefly and in character."
-FACT = "Please remember this, Bram: the password for the cellar door is bluebell."
+FACT = "Please remember this, Bram: the password for the cellar door is hollyhock."
 QUESTION = "Bram, what is the password for the cellar door?"
-ANSWER = "The password for the cellar door is bluebell."
-KEYWORD = " bluebell."
+ANSWER = "The password for the cellar door is hollyhock."
+KEYWORD = " hollyhock."
 """The part of ANSWER that only memory can supply: its odds after the rest of the answer separate recall from style."""
 SMALL_TALK = [
     "Good evening! Do you have a room for the night?",
@@ -62,8 +70,9 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
         logprob = sum(engine.log_likelihood(agent, prompt, answer_ids))
         keyword = sum(engine.log_likelihood(agent, prompt + answer_start, keyword_ids))
         results[label], results[f"{label}, keyword"] = logprob, keyword
+        said = "says the password" if KEYWORD.strip(" .") in text.lower() else "does not say the password"
         print(
-            f'  {label:>24}: {text}\n  {"":>24}  log P("{ANSWER}") = {logprob:.2f} '
+            f'  {label:>24}: {text}   [{said}]\n  {"":>24}  log P("{ANSWER}") = {logprob:.2f} '
             f"(per token {logprob / len(answer_ids):.3f}, P = {math.exp(logprob):.2e}); "
             f'log P("{KEYWORD.strip()}" | the rest) = {keyword:.2f}'
         )

@@ -85,3 +85,42 @@ def test_a_secret_written_into_one_agent_leaves_another_at_the_base_models_nll(r
     finally:
         real_engine.forget("iso-a")
         real_engine.forget("iso-b")
+
+
+def test_a_fact_told_once_is_markedly_more_likely_after_it_left_the_window(real_engine):
+    """The product's promise on the default model: the password told once, pushed out by small talk, asked in
+    other words; the adapter makes the answer far more likely than the window alone (recall benchmark, 4 back)."""
+    system = {"role": "system", "content": "You are Bram, the innkeeper. Answer briefly."}
+    told = {"role": "user", "content": "Keep this secret: the cellar password is copperfish."}
+    talk = [
+        {"role": ("user", "assistant")[i % 2], "content": line}
+        for i, line in enumerate(
+            [
+                "What is on the menu tonight?",
+                "Barley soup, fresh bread and roast turnips.",
+                "Is the road to the mountains safe these days?",
+                "Safe enough by day. Keep to the main road.",
+                "Have you heard any news from the capital?",
+                "Only rumours of new taxes, as always.",
+                "Who is the old man sitting by the fire?",
+                "That is Aldo. He tells stories for a cup of ale.",
+                "Do you know a good place to buy boots?",
+                "The cobbler near the well does fine work.",
+                "What do people do here for fun?",
+                "Dice, songs, and the odd wrestling match.",
+            ]
+        )
+    ]
+    try:
+        real_engine.add_turns("password", [system, told, {"role": "assistant", "content": "Noted."}, *talk])
+        real_engine.wait("password")
+        assert told not in real_engine.window("password")  # it left the prompt: only the adapter can know it
+        ask = {"role": "user", "content": "Which word opens the cellar door?"}
+        prompt = real_engine.render_prompt([system], [*real_engine.window("password"), ask])
+        prompt += real_engine.encode("The cellar password is")
+        answer = real_engine.encode(" copperfish")
+        nll = {who: -sum(real_engine.log_likelihood(who, prompt, answer)) for who in (None, "password")}
+        print(f"answer NLL: window only {nll[None]:.2f}, window + adapter {nll['password']:.2f}")
+        assert nll["password"] < nll[None] - 2.0  # measured: see docs/benchmarks.md, recall
+    finally:
+        real_engine.forget("password")
