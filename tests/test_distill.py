@@ -8,6 +8,7 @@ from templora_memory.conversation import Conversation
 from templora_memory.distill import TOP_K, ProbeTeacher
 from templora_memory.message import Turn, fingerprint
 from templora_memory.probes import Probe, cloze, probes_for, restate, salient_span, statements
+from templora_memory.store import CURRENT, REPLAY, store_key
 from templora_memory.trainer import probe_kl
 
 TOLD = [
@@ -95,7 +96,7 @@ def test_the_kl_reads_only_the_answer_tokens_and_is_zero_for_a_matching_student(
 # ----- in the write path ---------------------------------------------------------------------
 
 
-def test_probes_are_trained_replayed_within_bounds_and_reproducible(make_engine):
+def test_probes_change_the_adapter_and_training_stays_reproducible(make_engine):
     runs = []
     for _ in range(2):
         engine = make_engine(probe_questions=3, replay_probes=5, seed=4)
@@ -119,7 +120,9 @@ def test_the_replay_reservoir_is_bounded_and_survives_a_restart(make_engine, tmp
     first.add_turns("a", more)
     second.add_turns("a", more)  # same reservoir, seeds and optimizer: training goes on identically
     assert all(torch.equal(a, b) for a, b in zip(first.bank.parameters("a"), second.bank.parameters("a"), strict=True))
-    assert (tmp_path / "agents").exists()
+    folder = tmp_path / "agents" / store_key("a")
+    kept = torch.load(folder / (folder / CURRENT).read_text() / REPLAY, weights_only=True)
+    assert first.stats("a").chunks_trained * 3 > 4 and len(kept) == 4  # more were taught than the bound keeps
 
 
 def test_background_training_with_probes_writes_what_cascaded_training_writes(make_engine):
