@@ -53,11 +53,16 @@ def existing_data(path: str | Path, expected: str) -> Path:
 
 def engine_from_args(args: argparse.Namespace) -> MemoryEngine:
     """Load the engine (base model + config) the benchmark runs on, with --threads torch threads."""
+    set_threads(args)
+    return MemoryEngine(model=args.model, config=config_from_args(args))
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply --threads (torch's CPU threads) when given."""
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
-    return MemoryEngine(model=args.model, config=config_from_args(args))
 
 
 def plot_path(args: argparse.Namespace) -> Path:
@@ -178,8 +183,15 @@ def run_info(engine: MemoryEngine, args: argparse.Namespace, started: float) -> 
         "model": engine.model_name,
         "config": engine.config.model_dump(),
         "options": options,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "seconds": round(time.perf_counter() - started, 1),
+        **machine_info(),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a result was measured on: platform, CPUs, load average at the end, torch threads."""
+    return {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "torch_threads": _torch_threads(),
     }
 

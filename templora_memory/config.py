@@ -78,6 +78,12 @@ class TempLoraConfig(BaseModel):
     """Paper §2 (StreamingLLM), with cache_reuse: turns leaving the window are evicted from the cache and the
     states after them rotated to their new positions, so a sliding window is never recomputed (RoPE models;
     the prompt's stable start, i.e. the system message, is the sink and must be at least 4 tokens)."""
+    train_precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """Precision of the training passes' matrix products (bf16 autocast; weights, gradients and AdamW stay fp32):
+    "auto" picks bf16 where the CPU has native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere."""
+    context_gradients: bool = True
+    """False: the L_T context before a chunk runs without gradients and its KV cache is reused by the chunk's
+    forward (the loss is the same; the gradient through the context's keys and values is dropped; ~1.5x faster)."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 from peft import PeftModel
 
+from templora_memory import precision
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.message import Message
-from templora_memory.probes import Probe, probes_for
-from templora_memory.trainer import DistillBatch, padded_batch
+from templora_memory.probes import probes_for
+from templora_memory.trainer import IGNORE_INDEX, DistillBatch, padded_batch
 
 TOP_K = 32
 """Teacher log-probabilities kept per answer token (the rest of the vocabulary carries little mass)."""
@@ -69,26 +70,31 @@ class ProbeTeacher:
         system: Sequence[Message],
         seed: int,
     ) -> list[TaughtProbe]:
-        """Probes about the chunk's `messages`, taught by the base model reading `context` (L_T + the chunk)."""
+        """Probes about the chunk's `messages`, taught by the base model reading `context` (L_T + the chunk).
+
+        The context runs once; all probes then run as one batch reading copies of its KV cache, each probe
+        being the question after the chunk and the answer (right-padded: the padding follows every token scored).
+        """
         probes = probes_for(messages, self.config.probe_questions, seed)
         if not probes or not context:
             return []
         last = messages[-1] if messages else None
-        with model.disable_adapter():
+        students, follows = [], []
+        for probe in probes:
+            question = {"role": "user", "content": probe.question}
+            answer = {"role": "assistant", "content": probe.answer}
+            students.append(self.renderer.reply(list(system), [question], answer))
+            follows.append(self.renderer.follow_up(last, [question]))  # the question after the chunk, the header
+        with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
             cache = model(input_ids=torch.tensor([list(context)]), use_cache=True).past_key_values
-            return [self._teach_one(model, cache, last, system, probe) for probe in probes]
-
-    def _teach_one(self, model, cache, last: Message | None, system, probe: Probe) -> TaughtProbe:
-        question = {"role": "user", "content": probe.question}
-        answer = {"role": "assistant", "content": probe.answer}
-        student_prompt, answer_ids = self.renderer.reply(list(system), [question], answer)
-        follow = self.renderer.follow_up(last, [question])  # the question after the chunk, then the header
-        ids = follow + answer_ids
-        logits = model(input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True).logits[0]  # (F+A, V)
-        cache.crop(-len(ids))  # the next probe follows the chunk again
-        scored = logits[len(follow) - 1 : len(ids) - 1].float() / self.config.distill_temperature  # (A, V)
-        top = torch.log_softmax(scored, dim=-1).topk(min(TOP_K, scored.shape[-1]), dim=-1)
-        return TaughtProbe(student_prompt, answer_ids, top.indices, top.values)
+            cache.batch_repeat_interleave(len(probes))
+            batch = padded_batch([(follow, answer) for follow, (_, answer) in zip(follows, students, strict=True)])
+            logits = model(input_ids=batch.input_ids, past_key_values=cache, use_cache=True).logits  # (B, T, V)
+        scored = logits[:, :-1][batch.labels[:, 1:] != IGNORE_INDEX].float() / self.config.distill_temperature
+        top = torch.log_softmax(scored, dim=-1).topk(min(TOP_K, scored.shape[-1]), dim=-1)  # (N, k), probe-major
+        lengths = [len(answer) for _, answer in students]
+        taught = zip(students, top.indices.split(lengths), top.values.split(lengths), strict=True)
+        return [TaughtProbe(prompt, answer, ids, logprobs) for (prompt, answer), ids, logprobs in taught]
 
     def batch(self, taught: Sequence[TaughtProbe]) -> DistillBatch | None:
         """The probes as one padded student batch with the teacher's targets (None when there is none)."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
+from templora_memory import precision
 from templora_memory.config import TempLoraConfig
 
 IGNORE_INDEX = -100  # label value the loss skips (Hugging Face convention)
@@ -120,18 +121,38 @@ def chunk_loss(
     labels: torch.Tensor,
     reference: torch.Tensor | None = None,
     kl_weight: float = 0.0,
+    context_gradients: bool = True,
 ) -> torch.Tensor:
     """Mean NLL of the chunk's tokens, plus kl_weight × mean KL(p_base ‖ p_adapter) over them given a `reference`.
 
     `reference` is `base_logprobs` of the same example; the KL is averaged over the same N positions as the NLL.
+    Without `context_gradients` the unscored context runs first without gradients and the chunk's forward reads
+    its KV cache: the same loss, minus the gradient that flows through the context's keys and values.
     """
-    out = model(input_ids=input_ids, labels=labels)
+    past = None
+    if not context_gradients:
+        input_ids, labels, past = _split_context(model, input_ids, labels)
+    out = model(input_ids=input_ids, labels=labels, past_key_values=past, use_cache=past is not None)
     if reference is None:
         return out.loss
     log_adapter = torch.log_softmax(_scored(out.logits, labels).float(), dim=-1)  # (N, V)
     # Σ_v p_base · (log p_base − log p_adapter), averaged over the N positions
     kl = F.kl_div(log_adapter, reference, log_target=True, reduction="batchmean")
     return out.loss + kl_weight * kl
+
+
+def _split_context(model: PeftModel, input_ids: torch.Tensor, labels: torch.Tensor):
+    """Run the unscored context but its last token without gradients; return the rest, its labels, the KV cache.
+
+    The context's last token stays in the graded part: its logits predict the chunk's first token.
+    """
+    scored = (labels[0] != IGNORE_INDEX).nonzero()
+    context = int(scored[0]) - 1 if len(scored) else 0
+    if context <= 0:
+        return input_ids, labels, None
+    with torch.no_grad():
+        past = model(input_ids=input_ids[:, :context], use_cache=True).past_key_values
+    return input_ids[:, context:], labels[:, context:], past
 
 
 def probe_kl(model: PeftModel, batch: DistillBatch, temperature: float) -> torch.Tensor:
@@ -146,6 +167,30 @@ def probe_kl(model: PeftModel, batch: DistillBatch, temperature: float) -> torch
     student = _with_rest(torch.log_softmax(scored, dim=-1).gather(1, batch.top_ids))  # (N, k + 1)
     teacher = _with_rest(batch.top_logprobs)
     return (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2
+
+
+def _accumulate(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    reference: torch.Tensor | None,
+    config: TempLoraConfig,
+    extra: LabelledBatch | None,
+    distill: DistillBatch | None,
+) -> float:
+    """Backpropagate one step's terms, each its own backward (gradients add up); returns their summed loss."""
+    loss = chunk_loss(model, input_ids, labels, reference, config.kl_weight, config.context_gradients)
+    loss.backward()
+    total = loss.item()
+    if extra is not None:
+        extra_loss = model(**extra.inputs()).loss  # mean NLL of the labelled tokens
+        extra_loss.backward()
+        total += extra_loss.item()
+    if distill is not None:
+        taught = config.distill_weight * probe_kl(model, distill, config.distill_temperature)
+        taught.backward()
+        total += taught.item()
+    return total
 
 
 def _with_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
@@ -174,24 +219,17 @@ def train_chunk(
     agent's LoRA weights.
     """
     kl_weight = config.kl_weight
-    reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
+    dtype = precision.resolve(config.train_precision)
+    with precision.autocast(dtype):
+        reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
     model.train()  # LoRA dropout on
     losses = []
     try:
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(first_step + epoch, config)
-            loss = chunk_loss(model, input_ids, labels, reference, kl_weight)
-            loss.backward()
-            total = loss.item()
-            if extra is not None:  # a second backward adds its gradients: one step on the sum of both losses
-                extra_loss = model(**extra.inputs()).loss  # mean NLL of the labelled tokens
-                extra_loss.backward()
-                total += extra_loss.item()
-            if distill is not None:
-                taught = config.distill_weight * probe_kl(model, distill, config.distill_temperature)
-                taught.backward()
-                total += taught.item()
+            with precision.autocast(dtype):
+                total = _accumulate(model, input_ids, labels, reference, config, extra, distill)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(total)
