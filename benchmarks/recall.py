@@ -2,14 +2,17 @@
 
 Seeded NPC conversations (`benchmarks.recall_scenarios`) tell facts of many kinds once each, then scripted
 small talk pushes them 1, 4 and 16 chunks (plus the window) back; each fact is then asked in other words, as
-the next user turn, under six conditions that read the same conversation:
+the next user turn, under eight conditions that read the same conversation:
 
 - `in_context`: the whole conversation in the prompt (the model's ceiling);
 - `window`: the agent's window only, no adapter (the floor);
 - `adapter`: the window with the conversation's adapter;
 - `control`: the window with another conversation's adapter (style without the facts);
 - `retrieval`: BM25 top-k turns that left the window, then the newest turns, in the window's token budget;
-- `adapter_retrieval`: that prompt with the conversation's adapter.
+- `adapter_retrieval`: that prompt with the conversation's adapter;
+- `window_recall`: the library's hybrid recall (`TempLoraConfig.recall_tokens`, default here 128) on top of the
+  window: the old turns BM25 matches to the question, before the window, no adapter;
+- `hybrid`: that prompt with the conversation's adapter (what a memory with `recall_tokens` set answers from).
 
 Scores: the greedy reply contains the answer (normalised exact match); the answer's NLL after a neutral
 answer prefix ("Your daughter's name is"); gap closed = (window NLL − NLL) / (window NLL − in-context NLL)
@@ -30,9 +33,10 @@ from templora_memory.config import add_config_options
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling
 from templora_memory.kv_cache import PromptCache
+from templora_memory.recall import HybridRecall
 
-CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval")
-DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32)
+CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
+DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32, recall_tokens=128)
 """The issue's setting: a small window so that 16 chunks of small talk stay cheap to write on a CPU."""
 
 
@@ -124,7 +128,7 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
     agent = _agent(scenario)
     window = engine.window(agent)
     left = scenario.messages[: len(scenario.messages) - len(window)]
-    agents = {"adapter": agent, "control": control, "adapter_retrieval": agent}
+    agents = {"adapter": agent, "control": control, "adapter_retrieval": agent, "hybrid": agent}
     caches: dict[str, PromptCache] = {}
     records = []
     for fact in scenario.facts:
@@ -134,6 +138,7 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
             "retrieval": retrieved(engine, left, window, fact.question, options.top_k),
         }
         history["adapter_retrieval"] = history["retrieval"]
+        history["window_recall"] = history["hybrid"] = [*recalled(engine, left, window, question), *window]
         for condition in conditions:
             if condition == "control" and control is None:
                 continue
@@ -168,6 +173,14 @@ def retrieved(engine: MemoryEngine, left: list[dict], window: list[dict], query:
     sizes = engine.turn_tokens(window)
     recent = common.suffix_within(sizes, budget - used)
     return [left[i] for i in sorted(chosen)] + window[recent:]
+
+
+def recalled(engine: MemoryEngine, left: list[dict], window: list[dict], question: dict) -> list[dict]:
+    """The turns the library's hybrid recall puts before the window for this question (recall_tokens budget)."""
+    if not engine.config.recall_tokens:
+        return []
+    recall = HybridRecall(engine.renderer, engine.config.recall_tokens)
+    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]))]
 
 
 def answer(

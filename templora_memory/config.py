@@ -56,6 +56,10 @@ class TempLoraConfig(BaseModel):
     replay_probes: int = Field(0, ge=0, le=4096)
     """Most taught probes kept per agent (a uniform, seeded sample of all of them) and replayed, up to
     probe_questions per update, so earlier facts are rehearsed while later ones are written (0: no replay)."""
+    anchor_probes: int = Field(0, ge=0, le=16)
+    """Generic questions with written answers (`templora_memory.probes.ANCHORS`), up to this many per update, on which
+    the adapter is held to the base model by the same KL, so that facts written do not erode what the model knew
+    (prompt distillation's regulariser on generic prompts; one short teacher pass; 0: off)."""
     recall_tokens: int = Field(0, ge=0, le=32768)
     """Hybrid recall: before each reply, turns that left the window and best match the newest user turn (BM25) are
     put back in the prompt, before the window, in up to this many tokens on top of window_tokens (needs the

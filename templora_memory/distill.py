@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
+from transformers import Cache
 
 from templora_memory import precision
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.message import Message
-from templora_memory.probes import probes_for
+from templora_memory.probes import ANCHORS, probes_for
 from templora_memory.trainer import IGNORE_INDEX, DistillBatch, padded_batch
 
 TOP_K = 32
@@ -88,8 +89,34 @@ class ProbeTeacher:
         with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
             cache = model(input_ids=torch.tensor([list(context)]), use_cache=True).past_key_values
             cache.batch_repeat_interleave(len(probes))
-            batch = padded_batch([(follow, answer) for follow, (_, answer) in zip(follows, students, strict=True)])
-            logits = model(input_ids=batch.input_ids, past_key_values=cache, use_cache=True).logits  # (B, T, V)
+            readings = [(follow, answer) for follow, (_, answer) in zip(follows, students, strict=True)]
+            return self._taught(model, students, readings, cache)
+
+    @torch.no_grad()
+    def anchor(self, model: PeftModel, system: Sequence[Message], seed: int) -> list[TaughtProbe]:
+        """Up to `anchor_probes` generic questions (never about the conversation) with written answers, taught by the
+        base model reading what the student reads: the KL then holds the adapter to what the model knew before."""
+        questions = random.Random(seed).sample(ANCHORS, min(self.config.anchor_probes, len(ANCHORS)))
+        students = [
+            self.renderer.reply(list(system), [{"role": "user", "content": q}], {"role": "assistant", "content": a})
+            for q, a in questions
+        ]
+        if not students:
+            return []
+        with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
+            return self._taught(model, students, students)
+
+    def _taught(
+        self,
+        model: PeftModel,
+        students: Sequence[tuple[list[int], list[int]]],
+        readings: Sequence[tuple[list[int], list[int]]],
+        cache: Cache | None = None,
+    ) -> list[TaughtProbe]:
+        """The teacher's top-k log-probabilities on each answer, reading (prefix, answer) `readings` as one batch
+        (after `cache` if given; right-padded, so the padding follows every token scored)."""
+        batch = padded_batch(readings)
+        logits = model(input_ids=batch.input_ids, past_key_values=cache, use_cache=cache is not None).logits
         scored = logits[:, :-1][batch.labels[:, 1:] != IGNORE_INDEX].float() / self.config.distill_temperature
         top = torch.log_softmax(scored, dim=-1).topk(min(TOP_K, scored.shape[-1]), dim=-1)  # (N, k), probe-major
         lengths = [len(answer) for _, answer in students]

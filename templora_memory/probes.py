@@ -28,6 +28,26 @@ RECALL_QUESTIONS = (
     "What do you know about me?",
 )
 """Generic questions whose answer is a restatement of what the user said."""
+ANCHORS = (
+    ("What is the largest planet in our solar system?", "The largest planet is Jupiter."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Which season comes after winter?", "Spring comes after winter."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many hours are in a day?", "There are twenty-four hours in a day."),
+    ("What colour is grass?", "Grass is green."),
+    ("What is ten minus three?", "Ten minus three is seven."),
+    ("Say hello in one word.", "Hello."),
+    ("Which animal barks?", "A dog barks."),
+    ("What do we use to see?", "We use our eyes to see."),
+    ("Name a fruit that is yellow.", "A banana is yellow."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("Where does the sun rise?", "The sun rises in the east."),
+    ("Answer with one word: is fire cold?", "No."),
+)
+"""Generic questions with plain answers, never about a conversation (`anchor_probes`): the base model's distribution
+along these answers is what the adapter is held to, so that writing a conversation leaves general knowledge intact."""
 _SWAPS = {
     "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "i'm": "you're",
     "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are", "we": "you", "us": "you", "our": "your",

@@ -54,7 +54,8 @@ def run_update(
     extra = teachers.questions.batch(job.system, job.pairs)
     context = job.input_ids[0].tolist()
     job.taught = teachers.probes.teach(model, context, job.messages, job.system, job.seed)
-    distill = teachers.probes.batch(job.taught + job.replay)
+    anchors = teachers.probes.anchor(model, job.system, job.seed)
+    distill = teachers.probes.batch(job.taught + job.replay + anchors)
     with trainer.seeded(job.seed):
         job.loss = trainer.train_chunk(
             model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
+from templora_memory import TempLoraConfig
 from templora_memory.conversation import Conversation
 from templora_memory.distill import TOP_K, ProbeTeacher
+from templora_memory.engine import MemoryEngine
 from templora_memory.message import Turn, fingerprint
-from templora_memory.probes import Probe, cloze, probes_for, restate, salient_span, statements
+from templora_memory.probes import ANCHORS, Probe, cloze, probes_for, restate, salient_span, statements
 from templora_memory.store import CURRENT, REPLAY, store_key
 from templora_memory.trainer import probe_kl
+from tests.conftest import TINY_CONFIG
+from tests.tiny import tiny_model
 
 TOLD = [
     {"role": "user", "content": "My daughter is called Mira. Is the road safe? I have 12 sheep on my farm."},
@@ -133,3 +137,44 @@ def test_background_training_with_probes_writes_what_cascaded_training_writes(ma
         engine.wait()
     ours, theirs = parallel.bank.parameters("a"), cascaded.bank.parameters("a")
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+# ----- anchors ------------------------------------------------------------------------------------
+
+
+def test_anchors_are_never_the_general_checks_the_recall_benchmark_asks():
+    from benchmarks.recall_scenarios import GENERAL_CHECKS
+
+    asked = {question for question, _ in GENERAL_CHECKS}
+    assert len(ANCHORS) >= 16 and not asked & {question for question, _ in ANCHORS}
+
+
+def test_anchors_are_taught_by_the_base_model_reading_what_the_student_reads(make_engine):
+    engine = make_engine(anchor_probes=3)
+    engine.add_turns("trained", _turns(12))
+    teacher = ProbeTeacher(engine.renderer, engine.config)
+    with engine.bank.active("trained") as model:
+        anchors = teacher.anchor(model, [SYSTEM], seed=5)
+    with engine.bank.active(None) as base:
+        again = teacher.anchor(base, [SYSTEM], seed=5)
+        assert [a.prompt for a in teacher.anchor(base, [SYSTEM], seed=6)] != [a.prompt for a in anchors]
+        assert probe_kl(base, teacher.batch(anchors), temperature=1.0).item() < 1e-5  # the base is the target
+    assert len(anchors) == 3
+    for anchor, same in zip(anchors, again, strict=True):
+        assert anchor.prompt == same.prompt and torch.allclose(anchor.top_logprobs, same.top_logprobs, atol=1e-5)
+
+
+def test_anchors_hold_the_adapter_to_the_base_model_on_generic_questions(tokenizer):
+    drift = {}
+    for anchor_probes in (0, 8):
+        model = tiny_model(tokenizer)
+        with torch.no_grad():  # peaked predictions, as a trained model has (the random tiny one is near uniform)
+            model.lm_head.weight.mul_(30)
+        config = TempLoraConfig(**{**TINY_CONFIG, "anchor_probes": anchor_probes})
+        engine = MemoryEngine(config=config, loaded=(model, tokenizer, "tiny-peaked"))
+        engine.add_turns("a", [SYSTEM, *_turns(16)])
+        teacher = ProbeTeacher(engine.renderer, config.model_copy(update={"anchor_probes": len(ANCHORS)}))
+        with engine.bank.active("a") as student:
+            batch = teacher.batch(teacher.anchor(student, [SYSTEM], seed=0))  # every anchor, taught by the base
+            drift[anchor_probes] = probe_kl(student, batch, temperature=1.0).item()
+    assert drift[8] < 0.5 * drift[0]
