@@ -63,8 +63,9 @@ def padded_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Lab
 
 
 def new_optimizer(parameters: Sequence[torch.nn.Parameter], config: TempLoraConfig) -> torch.optim.Optimizer:
-    """AdamW over an agent's LoRA parameters (one per agent, kept across chunks)."""
-    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0)
+    """AdamW over an agent's LoRA parameters (one per agent, kept across chunks); the fused kernel is ~3x faster
+    than the per-tensor loop over a LoRA's hundreds of small tensors."""
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=0.0, fused=True)
 
 
 @contextlib.contextmanager
