@@ -80,6 +80,8 @@ class _Held:
     lease: Lease
     pointer: Pointer
     journaled: bool
+    legacy: bool = False
+    """The agent was written before leases and may still have the old one-file journal."""
 
 
 class AgentStore:
@@ -209,8 +211,8 @@ class AgentStore:
             )
         held.pointer = Pointer(version, held.lease.token, tag)
         if held.journaled:
-            self._clear_journal(key)
-            held.journaled = False
+            self._clear_journal(key, held.legacy)
+            held.journaled = held.legacy = False
         stale = [f"agents/{key}/{name}" for name in self.blobs.children(f"agents/{key}") if _is_version(name)]
         for path in stale:
             if not path.endswith(version):
@@ -294,8 +296,8 @@ class AgentStore:
             tag = self.blobs.swap(_path(key, CURRENT), fenced.encode(), pointer.tag)
             if tag is None:
                 continue  # a commit landed meanwhile: load again
-            leftovers = bool(entries) or self.blobs.read(_path(key, OLD_JOURNAL)) is not None
-            held = _Held(lease, Pointer(pointer.version, lease.token, tag), journaled=leftovers or bool(journal))
+            legacy = pointer.writer is None and self.blobs.read(_path(key, OLD_JOURNAL)) is not None
+            held = _Held(lease, Pointer(pointer.version, lease.token, tag), bool(entries) or legacy, legacy)
             stored = StoredAgent(record, weights, journal) if pointer.version or journal else None
             return stored, held
 
@@ -313,9 +315,9 @@ class AgentStore:
                 found.extend(_journal_lines(data))
         return sorted(found, key=lambda entry: entry[0])
 
-    def _clear_journal(self, key: str) -> None:
-        names = self.blobs.children(f"agents/{key}/{JOURNAL}")
-        self.blobs.remove([f"agents/{key}/{JOURNAL}/{name}" for name in names] + [_path(key, OLD_JOURNAL)])
+    def _clear_journal(self, key: str, legacy: bool) -> None:
+        paths = [f"agents/{key}/{JOURNAL}/{name}" for name in self.blobs.children(f"agents/{key}/{JOURNAL}")]
+        self.blobs.remove(paths + [_path(key, OLD_JOURNAL)] if legacy else paths)
 
     def _read_weights(self, key: str, version: str) -> Weights | None:
         folder = f"agents/{key}/{version}"

@@ -146,3 +146,10 @@ def test_the_router_reads_the_agent_as_the_server_does():
     assert agent_of(call("/v1/agents/npc 7/absorb", raw="/v1/agents/npc%207/absorb")) == "npc 7"
     assert agent_of(call("/v1/models")) is None and agent_of(call("/v1/agents")) is None
     assert agent_of(call("/v1/chat/completions", [("X-Agent-Id", "..%2Fetc")])) is None  # the replica answers 400
+
+
+def test_serve_ray_needs_a_shared_store_and_a_bound(capsys):
+    from templora_memory import cli
+
+    assert cli.main(["serve", "--ray", "--max-resident", "4"]) == 2
+    assert "--ray needs --store" in capsys.readouterr().err

@@ -273,3 +273,21 @@ def test_parametric_memory_persists_through_its_store_field(monkeypatch, tokeniz
     assert restarted.history("sailor").messages == messages
     restarted.engine.close()
     assert memory.export("sailor", tmp_path / "out").is_dir()
+
+
+def test_a_store_written_before_leases_still_loads_with_its_journal(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("npc", _turns(6))
+    engine.close()
+    folder = tmp_path / "agents" / store_key("npc")  # rewrite it as the old layout: bare pointer, one-file journal
+    version = json.loads((folder / CURRENT).read_text())["version"]
+    (folder / version).rename(folder / "v00000003")
+    (folder / CURRENT).write_text("v00000003")
+    lines = [json.dumps({"seq": 6 + i, "message": m}) for i, m in enumerate(_turns(2, start=6))]
+    (folder / "journal.jsonl").write_text("\n".join(lines) + "\n{ torn")
+
+    restarted = make_engine(store=tmp_path)
+    assert restarted.stats("npc").turns_seen == 6  # the committed record, read without loading
+    restarted.add_turns("npc", _turns(1, start=8))
+    assert restarted.stats("npc").turns_seen == 9 and not (folder / "journal.jsonl").exists()
+    assert not (folder / "v00000003").exists() and json.loads((folder / CURRENT).read_text())["writer"]
