@@ -36,6 +36,7 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import AgentBusyError, InvalidInputError
 from templora_memory.server.app import ServerSettings, create_app
+from templora_memory.server.http_errors import from_library
 from templora_memory.store import AgentStore, store_key
 
 try:
@@ -110,11 +111,12 @@ class AgentReplica:
         if agent_id:
             try:
                 await self.agent(agent_id)
-            except AgentBusyError as exc:
-                body = {"error": {"message": str(exc), "type": "invalid_request_error", "code": "agent_busy"}}
-                headers = [("content-type", "application/json"), ("retry-after", "1")]
-                yield {"status": 409, "headers": [*headers, (REPLICA_HEADER, self.replica_id)]}
-                yield json.dumps(body).encode()
+            except AgentBusyError as exc:  # another replica holds the agent: the router retries
+                error = from_library(exc)
+                headers = [(name.lower(), value) for name, value in (error.headers or {}).items()]
+                headers += [("content-type", "application/json"), (REPLICA_HEADER, self.replica_id)]
+                yield {"status": error.status_code, "headers": headers}
+                yield json.dumps(error.body()).encode()
                 return
         await self._start()
         async for item in asgi_call(self.app, call):
@@ -192,7 +194,7 @@ async def _body(stream: Any) -> AsyncIterator[bytes]:
 def agent_of(call: dict[str, Any]) -> str | None:
     """The agent a request names, as the server reads it; None for requests about no agent or a bad id (the
     replica's app answers those)."""
-    headers = {name.decode().lower(): value.decode() for name, value in call["headers"]}
+    headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in call["headers"]}
     parts = call["path"].split("/")
     if "x-agent-id" in headers:
         candidate = unquote(headers["x-agent-id"])
@@ -250,7 +252,7 @@ async def asgi_call(app: FastAPI, call: dict[str, Any]) -> AsyncIterator[dict | 
             if message is None:
                 return
             if message["type"] == "http.response.start":
-                headers = [(name.decode(), value.decode()) for name, value in message["headers"]]
+                headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in message["headers"]]
                 yield {"status": message["status"], "headers": headers}
             elif message["type"] == "http.response.body":
                 yield message.get("body", b"")
