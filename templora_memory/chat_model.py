@@ -80,8 +80,9 @@ class ParametricMemory(BaseChatModel):
     """Strings that end a reply (the stop string itself is not returned)."""
     seed: int | None = None
     """Seed for sampling, so sampled replies are reproducible."""
-    store: Path | None = None
-    """Directory where every agent persists (peft adapter files, optimizer, unwritten turns, window); None: RAM only."""
+    store: str | Path | None = None
+    """Where every agent persists: a directory or s3://bucket/prefix (peft adapter files, optimizer, window, unwritten
+    turns); None: RAM only."""
     max_resident: int | None = Field(None, ge=1)
     """Most adapters kept in RAM; least recently used agents wait in the store (a temporary one if `store` is None)."""
 

@@ -76,8 +76,23 @@ def _serve(args: argparse.Namespace) -> None:
             "set TEMPLORA_API_KEY",
             args.host,
         )
+    if args.ray:
+        _serve_on_ray(args, settings)
+        return
     engine = MemoryEngine(args.model, config_from_args(args), store=args.store, max_resident=args.max_resident)
     serve(engine, settings, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _serve_on_ray(args: argparse.Namespace, settings: object) -> None:
+    """The same app on Ray Serve: a router and `--replicas` model replicas over one shared store."""
+    if args.store is None or args.max_resident is None:
+        raise TemploraError("--ray needs --store (a directory all replicas reach, or s3://...) and --max-resident")
+    try:
+        from templora_memory.server.ray_app import EngineSpec, run
+    except ImportError as exc:
+        raise TemploraError(str(exc)) from None
+    spec = EngineSpec(args.store, args.max_resident, args.model, config_from_args(args))
+    run(spec, settings, args.replicas, host=args.host, port=args.port)
 
 
 def _loopback(host: str) -> bool:
@@ -93,8 +108,8 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     serve.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
-    serve.add_argument("--store", default=None, help="directory where agents persist (default: RAM only)")
-    serve.add_argument("--max-resident", type=int, default=None, help="most adapters in RAM (default: no limit)")
+    serve.add_argument("--store", default=None, help="directory or s3://bucket/prefix where agents persist (RAM only)")
+    serve.add_argument("--max-resident", type=int, default=None, help="most adapters in RAM (per replica with --ray)")
     serve.add_argument(
         "--api-key",
         default=None,
@@ -108,6 +123,8 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds replies get at shutdown (30)")
     serve.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeatable)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--ray", action="store_true", help="serve on Ray Serve, agents spread over replicas (ray extra)")
+    serve.add_argument("--replicas", type=int, default=2, help="model replicas with --ray (default: 2)")
     add_config_options(serve)
     serve.set_defaults(run=_serve)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from templora_memory.offer import ToolOffer
 from templora_memory.recall import HybridRecall
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
-from templora_memory.store import AgentStore
+from templora_memory.store import AgentStore, open_store
 from templora_memory.synthetic import QuestionWriter
 from templora_memory.tools import ToolSchema
 from templora_memory.writing import ChunkWriter, ParallelWriter, Teachers
@@ -60,7 +59,7 @@ class MemoryEngine:
         store: AgentStore | str | os.PathLike | None = None,
         max_resident: int | None = None,
     ) -> None:
-        """Load the model; `store` persists agents, `max_resident` bounds the adapters kept in RAM."""
+        """Load the model; `store` (a directory, s3:// URL or AgentStore) persists agents; `max_resident` bounds RAM."""
         self.config = config or TempLoraConfig()
         check_max_resident(max_resident)
         base, self.tokenizer, self.model_name = loaded or load_model(model)
@@ -74,11 +73,7 @@ class MemoryEngine:
         self._window = PromptWindow(self.renderer, self.config.window_tokens)
         self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
-        self._spill = None  # evicted agents go to a private temporary store when the user gave none
-        if store is None and max_resident is not None:
-            self._spill = tempfile.TemporaryDirectory(prefix="templora-spill-")
-            store = self._spill.name
-        self.store = store if isinstance(store, AgentStore) or store is None else AgentStore(store)
+        self.store = open_store(store, spill=max_resident is not None)  # a temporary one holds evicted agents
         shift = RopeShift.of(base) if self.config.attention_sinks else None
         self._residency = Residency(
             self.bank, self.config, self.model_name, self.renderer, self._model_lock, self.store, max_resident, shift
@@ -135,6 +130,15 @@ class MemoryEngine:
     def save(self, agent_id: str) -> None:
         """Commit the agent to the store now (the engine also does so after every write)."""
         self._residency.save(agent_id)
+
+    def release(self, agent_id: str) -> bool:
+        """Commit the agent and let it leave RAM and its lease, so another process may write it; False if not in RAM."""
+        return self._residency.release(agent_id, self._writer.settle)
+
+    def close(self) -> None:
+        """Release every agent in RAM (committed, leases given back); the engine stays usable."""
+        for agent_id in self.resident_ids():
+            self.release(agent_id)
 
     def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
         """Copy the agent's memory into a new directory (peft adapter files + state) to move it elsewhere."""

@@ -19,3 +19,11 @@ class InvalidInputError(TemploraError, ValueError):
 
 class StoreError(TemploraError):
     """A persisted agent cannot be read or written."""
+
+
+class AgentBusyError(StoreError):
+    """Another process holds the agent's lease (it is writing the agent) and kept it past the wait."""
+
+
+class LeaseLostError(StoreError):
+    """Another writer took the agent over since this process loaded it; this process's commit was refused."""

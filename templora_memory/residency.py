@@ -2,7 +2,8 @@
 
 At most `max_resident` adapters stay in RAM; the least recently used idle agent goes to the store and
 comes back on its next call (into the adapter slot of the agent leaving). Every commit goes through
-`Residency.commit`: after each write call, each trained chunk, on eviction and on request.
+`Residency.commit`: after each write call, each trained chunk, on eviction and on request. An agent in RAM
+holds its lease in the store (one writer per agent across processes); it is given back when the agent leaves.
 """
 
 from __future__ import annotations
@@ -11,21 +12,25 @@ import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from templora_memory import trainer
+from templora_memory.adapter_files import Weights
 from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agent_id
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.distill import TaughtProbe
-from templora_memory.errors import ConfigError, StoreError
+from templora_memory.errors import ConfigError, LeaseLostError, StoreError
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.message import Turn
-from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, Weights, store_key
+from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, store_key
 
 _SHAPE_FIELDS = ("lora_rank", "lora_alpha", "target_modules")  # a stored adapter must match these
+_LOADERS = 64  # agents are loaded by at most this many threads at once (one per agent)
+Settle = Callable[[AgentState, bool], None]
+"""The writer's `settle`: takes in (waiting, if asked) a chunk the agent is training in the background."""
 
 
 def check_max_resident(max_resident: object) -> None:
@@ -59,7 +64,8 @@ class Residency:
         self.max_resident = max_resident
         self.rope_shift = rope_shift
         self._agents: OrderedDict[str, AgentState] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a commit refused during an eviction drops the agent
+        self._loaders = [threading.Lock() for _ in range(_LOADERS)]  # one loader per agent, outside `_lock`
 
     @contextlib.contextmanager
     def locked(self, agent_id: str) -> Iterator[AgentState]:
@@ -125,19 +131,35 @@ class Residency:
         return (state or AgentState(agent_id)).stats()
 
     def forget(self, agent_id: str) -> bool:
-        """Remove the agent from RAM and the store; False if it had no memory."""
+        """Remove the agent from RAM and the store (loaded first, so under its lease); False if it had no memory."""
         check_agent_id(agent_id)
-        with self._lock:
-            state = self._agents.pop(agent_id, None)
-            stored = self.store is not None and self.store.has(store_key(agent_id))
-            if stored:
-                self.store.delete(store_key(agent_id))
-        if state is not None:
-            with state.lock, self.model_lock:
+        if agent_id not in self.resident_ids() and (self.store is None or not self.store.has(store_key(agent_id))):
+            return False
+        with self.locked(agent_id) as state:
+            with self._lock:
+                del self._agents[agent_id]
+                if self.store is not None:
+                    self.store.delete(store_key(agent_id))
+            with self.model_lock:
                 state.evicted = True
                 self.bank.delete(agent_id)
                 state.optimizer = None
-        return state is not None or stored
+        return True
+
+    def release(self, agent_id: str, settle: Settle) -> bool:
+        """Send a resident agent to the store (its background chunk taken in first) and give its lease back;
+        False if it was not in RAM."""
+        with self._lock:
+            state = self._agents.get(agent_id)
+        if state is None:
+            return False
+        with state.lock:
+            if state.evicted:
+                return False
+            settle(state, True)
+            with self._lock:
+                self._evict(state, keep_slot=False)
+        return True
 
     def save(self, agent_id: str) -> None:
         """Commit the agent, weights included."""
@@ -182,22 +204,46 @@ class Residency:
             optimizer = state.optimizer.state_dict() if state.optimizer is not None else None
             replay = [probe.to_record() for probe in state.reservoir]
             payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer, replay=replay)
-        self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload)
+        try:
+            self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload)
+        except LeaseLostError:
+            self._drop(state)  # another writer has the agent now: the next call loads its commits
+            raise
         state.saved_steps = state.steps
 
     def _resident(self, agent_id: str) -> AgentState:
-        with self._lock:
-            state = self._agents.get(agent_id)
-            if state is None:
-                self._make_room()  # first, so the agent coming in reuses the adapter slot of one leaving
-                state = self._agents[agent_id] = self._load_or_create(agent_id)
-            self._agents.move_to_end(agent_id)
+        """The agent in RAM, loaded first if need be. Its lease (which may mean waiting for another process) and
+        its files are taken outside the engine-wide lock, by one thread per agent."""
+        state = self._lookup(agent_id)
+        if state is not None:
+            return state
+        with self._loaders[hash(agent_id) % _LOADERS]:
+            state = self._lookup(agent_id)
+            if state is not None:
+                return state
+            key = store_key(agent_id)
+            stored = self.store.acquire(key) if self.store is not None else None
+            try:
+                with self._lock:
+                    self._make_room()  # first, so the agent coming in reuses the adapter slot of one leaving
+                    state = self._agents[agent_id] = self._install(agent_id, stored)
+            except BaseException:
+                if self.store is not None:
+                    self.store.release(key)
+                raise
             return state
 
-    def _load_or_create(self, agent_id: str) -> AgentState:
-        """Bring a stored agent back into RAM, or create a fresh one (LoRA B = 0: the base model's behaviour)."""
+    def _lookup(self, agent_id: str) -> AgentState | None:
+        """The agent if it is in RAM (now the most recently used), else None."""
+        with self._lock:
+            state = self._agents.get(agent_id)
+            if state is not None:
+                self._agents.move_to_end(agent_id)
+            return state
+
+    def _install(self, agent_id: str, stored: StoredAgent | None) -> AgentState:
+        """Bring a stored agent into RAM, or create a fresh one (LoRA B = 0: the base model's behaviour)."""
         key = store_key(agent_id)
-        stored = self.store.load(key) if self.store is not None and self.store.has(key) else None
         if stored is not None and stored.record:
             self._check_compatible(key, stored.record)
         with self.model_lock:
@@ -214,7 +260,7 @@ class Residency:
     def _restore(self, agent_id: str, stored: StoredAgent) -> AgentState:
         """The agent as last committed, plus the turns journaled after that commit (written at its next write)."""
         state = AgentState.from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
-        where = self.store.directory(store_key(agent_id))
+        where = self.store.locate(store_key(agent_id))
         if stored.weights is not None:
             try:
                 self.bank.load_weights(agent_id, stored.weights.adapter)
@@ -243,15 +289,32 @@ class Residency:
             if not state.lock.acquire(blocking=False):
                 continue
             try:
-                if state.users or state.job is not None:
-                    continue
-                self.commit(state)
-                with self.model_lock:
-                    self.bank.delete(agent_id, release=False)  # the slot is reused by the agent coming in
-                state.optimizer, state.evicted = None, True
-                del self._agents[agent_id]
+                if not (state.users or state.job is not None):
+                    self._evict(state, keep_slot=True)  # the slot is reused by the agent coming in
+            except LeaseLostError:
+                continue  # another process writes this agent now; it left RAM without a commit
             finally:
                 state.lock.release()
+
+    def _evict(self, state: AgentState, keep_slot: bool) -> None:
+        """Commit the agent, take its adapter out of RAM and give its lease back (its lock and `_lock` held)."""
+        self.commit(state)
+        with self.model_lock:
+            self.bank.delete(state.agent_id, release=not keep_slot)
+        state.optimizer, state.evicted = None, True
+        del self._agents[state.agent_id]
+        if self.store is not None:
+            self.store.release(store_key(state.agent_id))
+
+    def _drop(self, state: AgentState) -> None:
+        """Forget the agent's RAM copy without committing it (its lock held)."""
+        with self._lock:
+            if self._agents.get(state.agent_id) is state:
+                del self._agents[state.agent_id]
+        with self.model_lock:
+            if not state.evicted:
+                self.bank.delete(state.agent_id)
+        state.optimizer, state.evicted = None, True
 
     def _require_store(self, verb: str) -> None:
         if self.store is None:
@@ -264,7 +327,7 @@ class Residency:
         if different or record.get("model") != self.model_name:
             detail = ", ".join(f"{f}={stored_config.get(f)!r} (engine: {getattr(self.config, f)!r})" for f in different)
             raise StoreError(
-                f"the agent in {self.store.directory(key)} was trained for model {record.get('model')!r}"
+                f"the agent in {self.store.locate(key)} was trained for model {record.get('model')!r}"
                 + (f" with {detail}" if detail else "")
                 + f"; this engine runs {self.model_name!r}. Load it with the same model and LoRA shape."
             )

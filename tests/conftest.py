@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import uuid
 
 import pytest
 import torch
@@ -119,3 +121,45 @@ def start_server():
     yield start
     for server in started:
         server.close()
+
+
+S3_BUCKET = "templora-test"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 server (moto in server mode) on a free loopback port: s3fs speaks the real wire protocol to it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch) -> str:
+    """Point boto at the local S3 server (subprocesses inherit it) and make the test bucket; returns its URL."""
+    import s3fs
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": s3_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    if not fs.exists(S3_BUCKET):
+        fs.call_s3("create_bucket", Bucket=S3_BUCKET)
+    return f"s3://{S3_BUCKET}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request, tmp_path) -> str:
+    """A new, empty store location: a local directory, then a prefix in a bucket of the local S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return f"{request.getfixturevalue('s3_env')}/{uuid.uuid4().hex[:12]}"

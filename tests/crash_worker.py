@@ -6,9 +6,10 @@ import pathlib
 import sys
 import time
 
-import templora_memory.store
 import templora_memory.trainer
 from templora_memory import MemoryEngine, TempLoraConfig
+from templora_memory.adapter_files import ADAPTER_CONFIG
+from templora_memory.blobs import LocalBlobs
 from tests.conftest import TINY_CONFIG
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -17,21 +18,27 @@ def turns(start: int, stop: int) -> list[dict]:
     return [{"role": ("user", "assistant")[i % 2], "content": f"turn {i} about the mill"} for i in range(start, stop)]
 
 
-def hang(marker: pathlib.Path, before=None):
-    """A stand-in that (optionally does part of the work, then) signals the parent and waits to be killed."""
+def hang(marker: pathlib.Path):
+    """A stand-in that signals the parent and waits to be killed."""
 
     def stand_in(*args, **kwargs):
-        if before is not None:
-            before(*args, **kwargs)
         marker.touch()
         time.sleep(600)
 
     return stand_in
 
 
-def half_written(tensors, path):
-    """Write a truncated safetensors file, as a crash in the middle of saving would."""
-    path.write_bytes(b"\x00" * 64)
+def stop_after_weights(marker: pathlib.Path):
+    """A `LocalBlobs.write` that hangs once a new version's weights are written, before its config and state:
+    the half-written version a crash in the middle of saving leaves (the pointer never names it)."""
+    write = LocalBlobs.write
+
+    def stand_in(self, path, data):
+        if path.endswith(ADAPTER_CONFIG):
+            hang(marker)()
+        write(self, path, data)
+
+    return stand_in
 
 
 def main(store: str, phase: str, marker: str) -> None:
@@ -42,7 +49,7 @@ def main(store: str, phase: str, marker: str) -> None:
     if phase == "training":
         templora_memory.trainer.train_chunk = hang(pathlib.Path(marker))
     else:
-        templora_memory.store.save_file = hang(pathlib.Path(marker), before=half_written)
+        LocalBlobs.write = stop_after_weights(pathlib.Path(marker))
     engine.add_turns("npc", turns(12, 24))
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from templora_memory import TempLoraConfig
+from templora_memory.adapter_files import REPLAY
 from templora_memory.conversation import Conversation
 from templora_memory.distill import TOP_K, ProbeTeacher
 from templora_memory.engine import MemoryEngine
 from templora_memory.message import Turn, fingerprint
 from templora_memory.probes import ANCHORS, Probe, cloze, probes_for, restate, salient_span, statements
-from templora_memory.store import CURRENT, REPLAY, store_key
+from templora_memory.store import CURRENT, store_key
 from templora_memory.trainer import probe_kl
 from tests.conftest import TINY_CONFIG
 from tests.tiny import tiny_model
@@ -119,14 +122,19 @@ def test_the_replay_reservoir_is_bounded_and_survives_a_restart(make_engine, tmp
     first = make_engine(store=tmp_path, probe_questions=3, replay_probes=4)
     first.add_turns("a", [SYSTEM, *_turns(16)])
     assert first.stats("a").chunks_trained >= 4
+    first.close()  # as at a process's exit
     second = make_engine(store=tmp_path, probe_questions=3, replay_probes=4)
+    uninterrupted = make_engine(probe_questions=3, replay_probes=4)
+    uninterrupted.add_turns("a", [SYSTEM, *_turns(16)])
     more = _turns(30)[16:]
-    first.add_turns("a", more)
+    uninterrupted.add_turns("a", more)
     second.add_turns("a", more)  # same reservoir, seeds and optimizer: training goes on identically
-    assert all(torch.equal(a, b) for a, b in zip(first.bank.parameters("a"), second.bank.parameters("a"), strict=True))
+    pairs = zip(uninterrupted.bank.parameters("a"), second.bank.parameters("a"), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     folder = tmp_path / "agents" / store_key("a")
-    kept = torch.load(folder / (folder / CURRENT).read_text() / REPLAY, weights_only=True)
-    assert first.stats("a").chunks_trained * 3 > 4 and len(kept) == 4  # more were taught than the bound keeps
+    version = json.loads((folder / CURRENT).read_text())["version"]
+    kept = torch.load(folder / version / REPLAY, weights_only=True)
+    assert second.stats("a").chunks_trained * 3 > 4 and len(kept) == 4  # more were taught than the bound keeps
 
 
 def test_background_training_with_probes_writes_what_cascaded_training_writes(make_engine):

@@ -49,6 +49,7 @@ def test_the_archive_survives_a_restart(make_engine, tmp_path):
     first = make_engine(store=tmp_path, recall_tokens=48)
     first.add_turns("a", [OLD, *_small_talk(16)])
     first.wait("a")
+    first.close()  # as at a process's exit: committed, its lease given back
     second = make_engine(store=tmp_path, recall_tokens=48)
     assert "golden key under the blue stone" in _ask(second, "a", "Where is the golden key hidden?")
 

@@ -500,17 +500,26 @@ def test_logs_never_show_message_contents(make_engine, scripted_model, start_ser
     assert "bluebell" not in logged and "swordfish" not in logged
 
 
-def test_shutdown_commits_every_resident_agent(make_engine, scripted_model, monkeypatch, tmp_path):
+def test_shutdown_commits_every_resident_agent_and_gives_its_lease_back(make_engine, scripted_model, tmp_path):
+    from templora_memory import AgentStore
     from templora_memory.server import BackgroundServer
 
     engine = make_engine(store=tmp_path / "store")
     scripted_model.play(engine.tokenizer, "Bye.")
-    saved = []
-    monkeypatch.setattr(engine, "save", lambda agent_id: saved.append(agent_id))
+    committed, commit = [], engine.store.commit
+
+    def recorded(key, record, weights):
+        committed.append(record["agent_id"])
+        commit(key, record, weights)
+
+    engine.store.commit = recorded
     with BackgroundServer(engine) as server:
         for agent_id in ("a", "b"):
             post(server, GOOD, agent_id)
-    assert sorted(saved) == ["a", "b"]
+        committed.clear()
+    assert sorted(committed) == ["a", "b"] and engine.resident_ids() == []
+    successor = make_engine(store=AgentStore(tmp_path / "store", lease_wait=0.5))  # no wait: the leases are free
+    assert successor.window("a")[-1] == {"role": "assistant", "content": "Bye."}
 
 
 def test_serve_takes_every_option(monkeypatch):

@@ -1,4 +1,7 @@
-"""Persistence and residency on the tiny model: exact restarts, plain-peft files, LRU eviction, bad input."""
+"""Persistence and residency on the tiny model: exact restarts, plain-peft files, LRU eviction, bad input.
+
+Every test that takes `store_url` runs twice: on a local directory and on the local S3 server (moto over HTTP).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import torch
 from peft import PeftModel
 
 from templora_memory import InvalidInputError, StoreError
+from templora_memory.blobs import open_blobs
 from templora_memory.message import fingerprint
 from templora_memory.store import CURRENT, STATE, AgentStore, store_key
 from tests.tiny import tiny_model
@@ -32,26 +36,37 @@ def _lora(engine, agent_id: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in engine.bank.parameters(agent_id)]
 
 
-def test_a_restarted_engine_continues_exactly_where_it_stopped(make_engine, tmp_path):
-    first = make_engine(store=tmp_path)
-    first.add_turns("npc", [{"role": "system", "content": "You are Tom."}, *_turns(14)])
-    assert first.stats("npc").chunks_trained >= 2 and first.stats("npc").tokens_pending > 0
-    before = _next_token_logprobs(first, "npc")
+def _version_file(store: AgentStore, agent_id: str, name: str) -> str:
+    """The path (inside the store) of one file of the agent's committed version, read from its pointer."""
+    key = store_key(agent_id)
+    version = json.loads(store.blobs.read(f"agents/{key}/{CURRENT}"))["version"]
+    return f"agents/{key}/{version}/{name}"
 
-    second = make_engine(store=tmp_path)  # a new process would see exactly this
-    assert second.stats("npc") == first.stats("npc")
-    assert second.prompt_ids("npc") == first.prompt_ids("npc")
+
+def test_a_restarted_engine_continues_exactly_where_it_stopped(make_engine, store_url):
+    first = make_engine(store=store_url)
+    opening = [{"role": "system", "content": "You are Tom."}, *_turns(14)]
+    first.add_turns("npc", opening)
+    assert first.stats("npc").chunks_trained >= 2 and first.stats("npc").tokens_pending > 0
+    before, stats, prompt = _next_token_logprobs(first, "npc"), first.stats("npc"), first.prompt_ids("npc")
+    first.close()  # as at a process's exit: committed, lease given back
+
+    second = make_engine(store=store_url)  # a new process would see exactly this
+    assert second.stats("npc") == stats
+    assert second.prompt_ids("npc") == prompt
     assert torch.equal(_next_token_logprobs(second, "npc"), before)
 
     more = _turns(10, start=14)  # training goes on identically: same optimizer state, seeds and L_T context
-    first.add_turns("npc", more)
+    uninterrupted = make_engine()
+    uninterrupted.add_turns("npc", opening)
+    uninterrupted.add_turns("npc", more)
     second.add_turns("npc", more)
-    assert first.stats("npc").chunks_trained > 2
-    assert all(torch.equal(a, b) for a, b in zip(_lora(first, "npc"), _lora(second, "npc"), strict=True))
+    assert second.stats("npc").chunks_trained > 2
+    assert all(torch.equal(a, b) for a, b in zip(_lora(uninterrupted, "npc"), _lora(second, "npc"), strict=True))
 
 
-def test_stored_adapter_loads_with_plain_peft(make_engine, tmp_path, tokenizer):
-    engine = make_engine(store=tmp_path / "store")
+def test_stored_adapter_loads_with_plain_peft(make_engine, store_url, tmp_path, tokenizer):
+    engine = make_engine(store=store_url)
     engine.add_turns("npc", _turns(12))
     exported = engine.export("npc", tmp_path / "npc-export")
     assert {"adapter_model.safetensors", "adapter_config.json", "state.json"} <= {p.name for p in exported.iterdir()}
@@ -65,8 +80,8 @@ def test_stored_adapter_loads_with_plain_peft(make_engine, tmp_path, tokenizer):
     assert torch.allclose(plain, ours, atol=1e-5)
 
 
-def test_export_and_import_move_an_agent_between_stores(make_engine, tmp_path):
-    source = make_engine(store=tmp_path / "a")
+def test_export_and_import_move_an_agent_between_stores(make_engine, store_url, tmp_path):
+    source = make_engine(store=store_url)
     source.add_turns("npc", _turns(12))
     source.export("npc", tmp_path / "moved")
     target = make_engine(store=tmp_path / "b")
@@ -77,8 +92,8 @@ def test_export_and_import_move_an_agent_between_stores(make_engine, tmp_path):
         target.import_(tmp_path / "moved", "npc-copy")
 
 
-def test_least_recently_used_agents_leave_ram_and_come_back_unchanged(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path, max_resident=2)
+def test_least_recently_used_agents_leave_ram_and_come_back_unchanged(make_engine, store_url):
+    engine = make_engine(store=store_url, max_resident=2)
     for agent in ("a", "b", "c"):
         engine.add_turns(agent, _turns(12, topic=agent))
     assert engine.resident_ids() == ["b", "c"]
@@ -86,7 +101,7 @@ def test_least_recently_used_agents_leave_ram_and_come_back_unchanged(make_engin
     assert engine.stats("a").chunks_trained >= 1  # read from the store without loading the adapter
     assert len(engine.bank.model.peft_config) == 1 + 2  # placeholder + two resident agents
 
-    reference = make_engine(store=tmp_path / "reference")
+    reference = make_engine()
     reference.add_turns("a", _turns(12, topic="a"))
     started = time.perf_counter()
     back = _next_token_logprobs(engine, "a")  # a comes back, b leaves
@@ -105,8 +120,8 @@ def test_without_a_store_evicted_agents_spill_to_a_temporary_directory(make_engi
     assert engine.stats("a").tokens_written == written and engine.window("a")
 
 
-def test_a_secret_never_reaches_another_agent_even_after_eviction(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path, max_resident=1)
+def test_a_secret_never_reaches_another_agent_even_after_eviction(make_engine, store_url):
+    engine = make_engine(store=store_url, max_resident=1)
     secret = engine.tokenizer("the vault code is 7719 and the guard is asleep", add_special_tokens=False)["input_ids"]
     prompt = engine.tokenizer("note:", add_special_tokens=False)["input_ids"]
     base = sum(engine.log_likelihood(None, prompt, secret))
@@ -118,13 +133,15 @@ def test_a_secret_never_reaches_another_agent_even_after_eviction(make_engine, t
     assert other == pytest.approx(base, abs=1e-5), (base, other)
 
 
-def test_forget_deletes_the_agent_from_the_store(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path)
+def test_forget_deletes_the_agent_from_the_store(make_engine, store_url):
+    engine = make_engine(store=store_url)
     engine.add_turns("a", _turns(4))
-    assert (tmp_path / "agents" / store_key("a")).exists()
+    folder = f"agents/{store_key('a')}"
+    assert engine.store.has(store_key("a")) and engine.store.blobs.children(folder)
     assert engine.forget("a") is True
-    assert not (tmp_path / "agents" / store_key("a")).exists()
-    assert make_engine(store=tmp_path).agent_ids() == []
+    assert engine.store.blobs.children(folder) == []
+    assert engine.forget("a") is False
+    assert make_engine(store=store_url).agent_ids() == []
 
 
 @pytest.mark.parametrize(
@@ -134,32 +151,42 @@ def test_unsafe_agent_ids_are_refused_with_a_clear_error(make_engine, tmp_path, 
     engine = make_engine(store=tmp_path)
     with pytest.raises(InvalidInputError, match="agent_id"):
         engine.add_turns(bad, _turns(1))
-    assert not any((tmp_path / "agents").iterdir())
+    assert engine.store.blobs.children("agents") == [] and [p.name for p in tmp_path.iterdir()] == [
+        "templora-store.json"
+    ]
 
 
-def test_a_damaged_agent_file_names_the_file_and_other_agents_still_work(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path)
+def test_a_damaged_agent_file_names_the_file_and_other_agents_still_work(make_engine, store_url):
+    engine = make_engine(store=store_url)
     engine.add_turns("broken", _turns(4))
     engine.add_turns("fine", _turns(4))
-    folder = tmp_path / "agents" / store_key("broken")
-    (folder / (folder / CURRENT).read_text() / STATE).write_text("{ not json")
+    engine.close()
+    engine.store.blobs.write(_version_file(engine.store, "broken", STATE), b"{ not json")
 
-    restarted = make_engine(store=tmp_path)
+    restarted = make_engine(store=store_url)
     with pytest.raises(StoreError, match=r"state\.json"):
         restarted.add_turns("broken", _turns(1, start=4))
     assert restarted.add_turns("fine", _turns(1, start=4))  # unaffected
     assert restarted.stats("fine").turns_seen == 5
 
 
-def test_a_foreign_directory_or_another_models_adapter_is_refused(make_engine, tmp_path):
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+def test_a_foreign_directory_or_another_models_adapter_is_refused(make_engine, store_url):
+    open_blobs(f"{store_url}/photos").write("cat.jpg", b"\xff\xd8")
     with pytest.raises(StoreError, match="not a templora-memory store"):
-        AgentStore(tmp_path / "photos")
+        AgentStore(f"{store_url}/photos")
 
-    make_engine(store=tmp_path / "s", lora_rank=4).add_turns("a", _turns(4))
+    first = make_engine(store=f"{store_url}/s", lora_rank=4)
+    first.add_turns("a", _turns(4))
+    first.close()
     with pytest.raises(StoreError, match="lora_rank=4"):
-        make_engine(store=tmp_path / "s", lora_rank=8).add_turns("a", _turns(1, start=4))
+        make_engine(store=f"{store_url}/s", lora_rank=8).add_turns("a", _turns(1, start=4))
+
+
+def test_unusable_store_locations_are_refused_with_the_fix(tmp_path):
+    with pytest.raises(StoreError, match="only local directories and s3://"):
+        AgentStore("gs://bucket/memories")
+    with pytest.raises(StoreError, match="storage_options apply to s3:// stores only"):
+        AgentStore(tmp_path, storage_options={"endpoint_url": "http://x"})
 
 
 def test_wrong_message_types_and_oversized_turns_leave_memory_untouched(make_engine, tmp_path):
@@ -180,8 +207,8 @@ def test_wrong_message_types_and_oversized_turns_leave_memory_untouched(make_eng
     assert make_engine(store=tmp_path).stats("a") == before
 
 
-def test_many_threads_lose_and_duplicate_no_turn(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path, max_resident=3)
+def test_many_threads_lose_and_duplicate_no_turn(make_engine, store_url):
+    engine = make_engine(store=store_url, max_resident=3)
     agents = [f"agent-{i}" for i in range(5)]
     sent = {agent: [] for agent in agents}
     errors = []
@@ -201,7 +228,8 @@ def test_many_threads_lose_and_duplicate_no_turn(make_engine, tmp_path):
     for thread in threads:
         thread.join()
     assert not errors
-    restarted = make_engine(store=tmp_path)
+    engine.close()
+    restarted = make_engine(store=store_url)
     for agent in agents:
         state = restarted.agent(agent)
         assert sorted(state.fingerprints) == sorted(fingerprint(m) for m in sent[agent])
@@ -210,15 +238,15 @@ def test_many_threads_lose_and_duplicate_no_turn(make_engine, tmp_path):
         assert state.stats.tokens_written + len(state.pending) == streamed
 
 
-def test_store_files_are_json_and_safetensors_a_user_can_read(make_engine, tmp_path):
-    engine = make_engine(store=tmp_path)
+def test_store_files_are_json_and_safetensors_a_user_can_read(make_engine, store_url):
+    engine = make_engine(store=store_url)
     engine.add_turns("a", _turns(12))
-    folder = tmp_path / "agents" / store_key("a")
-    version = folder / (folder / CURRENT).read_text()
-    record = json.loads((version / STATE).read_text())
+    blobs = engine.store.blobs
+    record = json.loads(blobs.read(_version_file(engine.store, "a", STATE)))
     assert record["agent_id"] == "a" and record["model"] == "tiny-llama"
     assert record["config"]["chunk_tokens"] == engine.config.chunk_tokens
-    assert json.loads((version / "adapter_config.json").read_text())["r"] == engine.config.lora_rank
+    peft_config = json.loads(blobs.read(_version_file(engine.store, "a", "adapter_config.json")))
+    assert peft_config["r"] == engine.config.lora_rank
 
 
 def test_parametric_memory_persists_through_its_store_field(monkeypatch, tokenizer, tmp_path):
@@ -237,7 +265,29 @@ def test_parametric_memory_persists_through_its_store_field(monkeypatch, tokeniz
     memory.invoke("hello", agent_id="other")  # sends the sailor to the store
     assert memory.engine.resident_ids() == ["other"]
 
+    stats, messages = memory.stats("sailor"), memory.history("sailor").messages
+    memory.engine.close()  # as at a process's exit: every agent committed, its lease given back
+
     restarted = ParametricMemory(config=config, store=tmp_path)
-    assert restarted.stats("sailor") == memory.stats("sailor")
-    assert restarted.history("sailor").messages == memory.history("sailor").messages
+    assert restarted.stats("sailor") == stats
+    assert restarted.history("sailor").messages == messages
+    restarted.engine.close()
     assert memory.export("sailor", tmp_path / "out").is_dir()
+
+
+def test_a_store_written_before_leases_still_loads_with_its_journal(make_engine, tmp_path):
+    engine = make_engine(store=tmp_path)
+    engine.add_turns("npc", _turns(6))
+    engine.close()
+    folder = tmp_path / "agents" / store_key("npc")  # rewrite it as the old layout: bare pointer, one-file journal
+    version = json.loads((folder / CURRENT).read_text())["version"]
+    (folder / version).rename(folder / "v00000003")
+    (folder / CURRENT).write_text("v00000003")
+    lines = [json.dumps({"seq": 6 + i, "message": m}) for i, m in enumerate(_turns(2, start=6))]
+    (folder / "journal.jsonl").write_text("\n".join(lines) + "\n{ torn")
+
+    restarted = make_engine(store=tmp_path)
+    assert restarted.stats("npc").turns_seen == 6  # the committed record, read without loading
+    restarted.add_turns("npc", _turns(1, start=8))
+    assert restarted.stats("npc").turns_seen == 9 and not (folder / "journal.jsonl").exists()
+    assert not (folder / "v00000003").exists() and json.loads((folder / CURRENT).read_text())["writer"]

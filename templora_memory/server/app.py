@@ -115,12 +115,12 @@ async def health(request: Request) -> dict:
 
 
 def commit_residents(engine: MemoryEngine) -> int:
-    """Commit every agent in RAM to the store (after background training ends); returns how many."""
+    """Commit every agent in RAM to the store (after background training ends) and give its lease back, so
+    another process may take it at once; returns how many."""
     if engine.store is None:
         return 0
     if engine.config.deployment == "parallel":
         engine.wait()
     residents = engine.resident_ids()
-    for agent_id in residents:
-        engine.save(agent_id)
+    engine.close()
     return len(residents)

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from templora_memory.errors import ConfigError, InvalidInputError, TemploraError
+from templora_memory.errors import AgentBusyError, ConfigError, InvalidInputError, LeaseLostError, TemploraError
 
 log = logging.getLogger("templora_memory.server")
 
@@ -54,9 +54,13 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def from_library(exc: TemploraError, param: str | None = None) -> ApiError:
-    """A library error as the client sees it: bad input or configuration is a 400, anything else a logged 500."""
+    """A library error as the client sees it: bad input or configuration is a 400, an agent another process writes a
+    409 with Retry-After, anything else a logged 500."""
     if isinstance(exc, (InvalidInputError, ConfigError)):
         return ApiError(400, str(exc), param=param)
+    if isinstance(exc, (AgentBusyError, LeaseLostError)):  # another process writes the agent: retry soon
+        code = "agent_busy" if isinstance(exc, AgentBusyError) else "agent_moved"
+        return ApiError(409, str(exc), code=code, headers={"Retry-After": "1"})
     log.error("library error", exc_info=exc)
     return ApiError(500, "the server failed to handle this request; its log has the details", code="server_error")
 
