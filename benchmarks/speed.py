@@ -60,9 +60,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = common.config_from_args(args)
     windows = sorted(int(w) for w in args.windows.split(",") if w.strip())
     levers = [lever.strip() for lever in args.levers.split(",") if lever.strip()]
+    book = sorted(common.existing_data(args.data, "a folder of PG19 .txt books").glob("*.txt"))[0]
     store = tempfile.TemporaryDirectory(prefix="speed-store-")  # lever engines read the trained agent from it
     engine = MemoryEngine(args.model, config, store=store.name)
-    text = sorted(common.existing_data(args.data, "a folder of PG19 .txt books").glob("*.txt"))[0].read_text()
+    text = book.read_text()
     tokens = engine.encode(text[: 60 * (max(windows) + args.write_tokens + args.quality_tokens)])
     result: dict[str, Any] = {"benchmark": "speed", "default_decode_weights": engine.decoder.weights}
     written = tokens[: args.write_tokens]
