@@ -212,8 +212,8 @@ def memory_probe(model: str | None, lever: str, threads: int | None, agents: int
         engine = MemoryEngine(model, TempLoraConfig(decode_weights=lever))
         prompt = engine.encode("The old mill by the river was built " * 40)
         engine.stream_completion(None, prompt, Sampling(max_new_tokens=2)).result()  # every weight paged in
-    loaded = common.rss_mib()
-    with common.PeakRSS() as reply_peak:
+    with common.PeakRSS() as reply_peak:  # returns freed heap (quantisation temporaries) to the OS first
+        loaded = common.rss_mib()
         for i in range(agents):
             engine.stream_completion(f"m{i}", prompt, Sampling(max_new_tokens=8, ignore_eos=True)).result()
     return {
@@ -248,6 +248,10 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _common_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 def table(result: dict[str, Any]) -> str:
     """The printed summary: speed per row and window, cache reuse, write cost, quality and memory per lever."""
     windows = sorted({w for row in result["speed"].values() for w in row if w != "skipped"}, key=int)
@@ -268,8 +272,9 @@ def table(result: dict[str, Any]) -> str:
         )
     reference = result["speed"].get("engine adapter, fp32", {})
     for name, quality in result["quality"].items():
-        same = [w for w in windows if result["speed"][f"engine {name}"][w]["text"] == reference.get(w, {}).get("text")]
-        lines.append(f"quality [{name}]: PG19 ppl {quality['ppl']}, reply = fp32 lever's at windows {same or 'none'}")
+        texts = [(result["speed"][f"engine {name}"][w]["text"], reference.get(w, {}).get("text", "")) for w in windows]
+        same = ", ".join(f"{_common_prefix(a, b)}/{len(b)}" for a, b in texts)
+        lines.append(f"quality [{name}]: PG19 ppl {quality['ppl']}, reply characters equal to the fp32 lever's: {same}")
     for lever, memory in result.get("memory", {}).items():
         lines.append(f"memory [{lever}]: " + ", ".join(f"{k} {v}" for k, v in memory.items()))
     return "\n".join(lines)
