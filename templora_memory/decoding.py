@@ -51,7 +51,7 @@ class DecodeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (T, in)
         if self.compact is None or rows.shape[0] > PREFILL_ROWS:
-            y = F.linear(rows, self.weight)
+            y = F.linear(rows, self.weight, self.bias)
         else:
             y = self.compact(rows) if self.bias is None else self.compact(rows) + self.bias
         if self.lora is not None:

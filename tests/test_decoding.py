@@ -135,3 +135,14 @@ def test_the_engine_replies_with_its_decode_model(make_engine):
     assert TempLoraConfig().decode_weights == "auto"
     reply = engine.stream_completion("a", engine.encode("Hello there!"), Sampling(max_new_tokens=5)).result()
     assert reply.completion_tokens <= 5
+
+
+@pytest.mark.parametrize("rows", [1, decoding.PREFILL_ROWS + 1])
+def test_a_decode_layer_keeps_the_bias_on_both_paths(rows):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32, bias=True)
+    x = torch.randn(rows, 64)
+    expected = linear(x).detach()
+    with torch.no_grad():
+        got = decoding.DecodeLinear(linear, "bf16")(x)
+    assert (got - expected).abs().max() <= TOLERANCE["bf16"] * expected.abs().max()
