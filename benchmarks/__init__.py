@@ -28,16 +28,16 @@ NEEDS: dict[str, tuple[str, ...]] = {"suites": ("bench", "test", "compare"), "se
 
 def build_parser() -> argparse.ArgumentParser:
     """`python -m benchmarks` and its sub-commands; each sets `run`, called as `args.run(args)`."""
-    from benchmarks import constrain, cost, locomo, pg19, recall, recipes, scale, serve, suites, write
+    from benchmarks import constrain, cost, locomo, pg19, recall, recipes, scale, serve, speed, suites, write
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19, LoCoMo and needle recall, recipes, cost, scale, serving, constrained decoding, suites",
+        description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, constrained decoding, speed, suites",
     )
-    commands = parser.add_subparsers(
-        dest="bench", required=True, metavar="{pg19,locomo,recall,recipes,cost,write,scale,serve,constrain,suites}"
-    )
-    for module in (pg19, locomo, recall, recipes, cost, write, scale, serve, constrain, suites):
+    modules = (pg19, locomo, recall, recipes, cost, write, scale, serve, constrain, speed, suites)
+    names = ",".join(module.__name__.rpartition(".")[2] for module in modules)
+    commands = parser.add_subparsers(dest="bench", required=True, metavar="{" + names + "}")
+    for module in modules:
         module.add_parser(commands)
     return parser
 

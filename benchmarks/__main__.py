@@ -1,4 +1,4 @@
-"""`python -m benchmarks pg19|locomo|recipes|cost|scale|serve|constrain|suites ...` (from the checkout's root)."""
+"""`python -m benchmarks pg19|locomo|recipes|cost|scale|serve|constrain|speed|suites ...` (from the checkout's root)."""
 
 from benchmarks import main
 

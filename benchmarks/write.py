@@ -24,6 +24,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "shipped": {},
     "probes4+replay32": {"probe_questions": 4, "replay_probes": 32},
     "probes8+replay64": {"probe_questions": 8, "replay_probes": 64},
+    "probes8+replay64+anchors8": {"probe_questions": 8, "replay_probes": 64, "anchor_probes": 8},
 }
 LEVERS: dict[str, dict[str, Any]] = {
     "fp32": {"train_precision": "fp32"},

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from templora_memory.config import TempLoraConfig
@@ -42,6 +43,10 @@ class AdapterBank:
         self._free: list[str] = []  # slots of agents that left RAM, reused before creating new ones
         self._slot_params: dict[str, list[tuple[str, torch.nn.Parameter]]] = {}
         self._created = 0
+        prefix = "base_model.model."
+        self._lora_layers = [
+            (name.removeprefix(prefix), m) for name, m in self.model.named_modules() if isinstance(m, LoraLayer)
+        ]
 
     def __contains__(self, agent_id: str) -> bool:
         return agent_id in self._names
@@ -109,6 +114,13 @@ class AdapterBank:
                 f"stored LoRA tensors do not match this model's adapter ({len(tensors)} vs {len(expected)})"
             )
         set_peft_model_state_dict(self.model, tensors, adapter_name=self._names[agent_id])
+
+    def lora_tensors(self, agent_id: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """The agent's LoRA per base-model layer name: (A (r, in), B (out, r), scale), its live tensors (no copy)."""
+        name = self._names[agent_id]
+        return {
+            layer: (m.lora_A[name].weight, m.lora_B[name].weight, m.scaling[name]) for layer, m in self._lora_layers
+        }
 
     def parameters(self, agent_id: str) -> list[torch.nn.Parameter]:
         """The agent's trainable LoRA parameters (and nothing else)."""

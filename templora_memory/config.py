@@ -88,6 +88,12 @@ class TempLoraConfig(BaseModel):
     context_gradients: bool = True
     """False: the L_T context before a chunk runs without gradients and its KV cache is reused by the chunk's
     forward (the loss is the same; the gradient through the context's keys and values is dropped; ~1.5x faster)."""
+    decode_weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = "auto"
+    """Weights replies are generated with (templora_memory.decoding): a compact copy of the linear layers next to the
+    fp32 ones that training and scoring use. "int4": groups of 32 with scale and zero (the default GGUF model's own
+    Q4_1 grid, so lossless there; +95 MB; output head int8), "int8": per output channel, "bf16" (fp32 on CPUs without
+    native bf16), "fp32": no copy; "auto": int4 where the weights already lie on an int4 grid and the CPU has native
+    bf16, else fp32. Replies from prompts of more than 8 new tokens compute those on the fp32 weights."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

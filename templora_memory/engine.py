@@ -28,6 +28,7 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
 from templora_memory.conversation import ChatRenderer, PromptWindow, check_messages, split_system, window_start
+from templora_memory.decoding import DecodeModel, resolve_weights
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
@@ -66,6 +67,7 @@ class MemoryEngine:
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
         replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
+        self.decoder = DecodeModel(base, resolve_weights(self.config.decode_weights, base))  # replies run on it
         self.bank = AdapterBank(base, self.config)
         self.renderer = ChatRenderer(self.tokenizer)
         self.grammars = GrammarCache(self.tokenizer)
@@ -334,7 +336,7 @@ class MemoryEngine:
         tool_template: str | None | bool,
     ) -> Generator[str, None, Reply]:
         """Generate after `prompt` with the agent's adapter, decoding text pieces; returns the parsed reply."""
-        with self._model_lock, self.bank.active(agent_id) as model:
+        with self._model_lock, self.decoder.active(self.bank, agent_id) as model:
             tokens = generate_tokens(model, prompt, sampling, self.eos_ids, cache, constraint)
             return (
                 yield from decode_reply(

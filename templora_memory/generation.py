@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,9 +51,10 @@ def generate_tokens(
     # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
     # values out of the prompt (tool arguments), and penalising them picks wrong ones
     seen = torch.tensor(list(prompt) if constraint is None else [], dtype=torch.long)  # (T,)
+    last_only = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a long prompt needs no logits but its last
     for _ in range(sampling.max_new_tokens):
         try:
-            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True)
+            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True, **last_only)
         except BaseException:
             cache.clear()  # some layers may hold the new states already: the cache no longer matches its ids
             raise
@@ -87,6 +89,11 @@ def continuation_logits(
         raise
     cache.record(ids, out.past_key_values)
     return out.logits[0, len(feed) - 1 : -1].float()
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs; peft's wrapper hides it)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:

@@ -1,13 +1,13 @@
-"""Which floating-point precision the CPU runs fast: bf16 where it has native bf16 instructions, fp32 elsewhere.
+"""Which number formats this CPU computes fast: the bf16 detection shared by decoding and training.
 
-bf16 halves the bytes of every weight and activation read, but only CPUs with AVX512-BF16 or AMX run its
-matrix products natively; elsewhere it is emulated and slower than fp32, so "auto" falls back to fp32.
+bf16 halves the bytes of every weight and activation read, but only CPUs with native bf16 dot products
+(AVX512-BF16, AMX, Arm BF16) run it fast; elsewhere it is emulated and slower than fp32, so "auto" settings
+fall back to fp32 there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -15,25 +15,33 @@ from typing import Literal
 import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+"""CPU flags (as /proc/cpuinfo names them; "bf16" on Arm) of native bf16 dot products; without them bf16 is emulated."""
 
 
-@functools.cache
 def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    """True when the CPU has native bf16 instructions (AVX512-BF16, AMX or Arm BF16), so bf16 weights run fast on it."""
+    flags = _cpu_flags()
+    if flags is not None:
+        return bool(flags & _BF16_FLAGS)
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # no /proc (macOS, Windows): ask torch
+    return bool(check and check())
+
+
+def _cpu_flags() -> set[str] | None:
+    """The first CPU's feature flags from /proc/cpuinfo, or None where the file is missing."""
     try:
-        return has_bf16_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:  # not Linux: torch's own capability string names AMX where present
-        return "AMX" in torch.backends.cpu.get_cpu_capability()
-
-
-def has_bf16_flags(cpuinfo: str) -> bool:
-    """Whether a /proc/cpuinfo text lists a native bf16 flag."""
-    return any(flag in cpuinfo.split() for flag in _BF16_FLAGS)
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.partition(":")[2].split())
+    return set()
 
 
 def resolve(precision: Precision) -> torch.dtype:
-    """The dtype a precision setting means on this machine ("auto": bf16 with native support, else fp32)."""
+    """The dtype a training precision setting means on this CPU ("auto": bf16 with native support, else fp32)."""
     if precision == "auto":
         return torch.bfloat16 if cpu_supports_bf16() else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32

@@ -15,12 +15,13 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("nltk")
 
 import benchmarks  # noqa: E402
-from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, serve, suites  # noqa: E402
+from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, serve, speed, suites  # noqa: E402
 from benchmarks import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
 from templora_memory.generation import Sampling  # noqa: E402
 from templora_memory.kv_cache import PromptCache  # noqa: E402
 from templora_memory.replies import ReplyStream  # noqa: E402
+from tests.tiny import tiny_model  # noqa: E402
 
 WORDS = "the blacksmith sells swords and shields in Oakridge while the innkeeper talks about the old castle".split()
 
@@ -191,11 +192,11 @@ def test_python_m_benchmarks_lists_every_sub_command():
         [sys.executable, "-m", "benchmarks", "--help"], cwd=common.REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0
-    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "constrain", "suites")
+    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "constrain", "speed", "suites")
     assert all(name in done.stdout for name in names)
 
 
-@pytest.mark.parametrize("command", ["pg19", "locomo", "cost", "scale"])
+@pytest.mark.parametrize("command", ["pg19", "locomo", "cost", "scale", "speed"])
 def test_a_missing_data_path_is_a_clear_error(command, tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert benchmarks.main([command, "--data", str(missing), "--out", str(tmp_path / "r.json")]) == 2
@@ -295,3 +296,15 @@ def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(mak
     assert stats.turns_seen == len(build_scenario(0, 0, [1, 2], 32, 96, lambda m: sum(engine.turn_tokens(m))).messages)
     assert {"window", "adapter"} == set(result["general"]) and result["writing"]["tokens_written"] > 0
     assert contains_answer("It is the Old Mill, friend.", "the old mill") and not contains_answer("mills", "mill")
+
+
+def test_speed_times_replies_writes_and_scores_the_decode_path(make_engine, tokenizer):
+    engine = make_engine(chunk_tokens=32, train_context_tokens=32)
+    tokens = engine.encode(" ".join(["The blacksmith sells swords and shields in Oakridge."] * 12))
+    cost = speed.write_cost(engine.config, tokens[:64], None, engine)
+    assert cost["tokens_written"] == 64 and cost["seconds_per_1k"] >= cost["train_seconds_per_1k"] > 0
+    timed = speed.engine_timing(engine, speed.AGENT, tokens[:40], 6)
+    assert timed["tokens_per_s"] > 0 and timed["ttft_s"] > 0 and timed["text"]
+    assert speed.transformers_timing(tiny_model(tokenizer), tokens[:40], 4)["tokens_per_s"] > 0
+    assert speed.cache_reuse_ttft(engine, tokens, 40) > 0
+    assert speed.decode_quality(engine, tokens[:20])["ppl"] > 1
