@@ -8,6 +8,7 @@ fall back to fp32 there.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -30,14 +31,22 @@ def cpu_supports_bf16() -> bool:
 
 def _cpu_flags() -> set[str] | None:
     """The first CPU's feature flags from /proc/cpuinfo, or None where the file is missing."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return None
     for line in text.splitlines():
         if line.startswith(("flags", "Features")):
             return set(line.partition(":")[2].split())
     return set()
+
+
+@functools.cache
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo, read once per process (every training step asks which precision to run in)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
 
 
 def resolve(precision: Precision) -> torch.dtype:
