@@ -10,6 +10,7 @@ updates, so facts written earlier are rehearsed while later ones are written.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.message import Message
 from templora_memory.probes import ANCHORS, probes_for
-from templora_memory.trainer import IGNORE_INDEX, DistillBatch, padded_batch
+from templora_memory.trainer import DistillBatch, padded_batch, scored_logits
 
 TOP_K = 32
 """Teacher log-probabilities kept per answer token (the rest of the vocabulary carries little mass)."""
+ANCHOR_SYSTEMS = 64
+"""System messages whose taught anchors are kept per engine (agents usually share a handful)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class ProbeTeacher:
     def __init__(self, renderer: ChatRenderer, config: TempLoraConfig) -> None:
         self.renderer = renderer
         self.config = config
+        self._anchors: dict[str, list[TaughtProbe]] = {}  # system message (JSON) -> every anchor, taught
 
     @torch.no_grad()
     def teach(
@@ -87,7 +91,7 @@ class ProbeTeacher:
             students.append(self.renderer.reply(list(system), [question], answer))
             follows.append(self.renderer.follow_up(last, [question]))  # the question after the chunk, the header
         with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
-            cache = model(input_ids=torch.tensor([list(context)]), use_cache=True).past_key_values
+            cache = model(input_ids=torch.tensor([list(context)]), use_cache=True, logits_to_keep=1).past_key_values
             cache.batch_repeat_interleave(len(probes))
             readings = [(follow, answer) for follow, (_, answer) in zip(follows, students, strict=True)]
             return self._taught(model, students, readings, cache)
@@ -96,15 +100,26 @@ class ProbeTeacher:
     def anchor(self, model: PeftModel, system: Sequence[Message], seed: int) -> list[TaughtProbe]:
         """Up to `anchor_probes` generic questions (never about the conversation) with written answers, taught by the
         base model reading what the student reads: the KL then holds the adapter to what the model knew before."""
-        questions = random.Random(seed).sample(ANCHORS, min(self.config.anchor_probes, len(ANCHORS)))
-        students = [
-            self.renderer.reply(list(system), [{"role": "user", "content": q}], {"role": "assistant", "content": a})
-            for q, a in questions
-        ]
-        if not students:
+        count = min(self.config.anchor_probes, len(ANCHORS))
+        if not count:
             return []
-        with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
-            return self._taught(model, students, students)
+        taught = self._all_anchors(model, system)
+        return [taught[i] for i in random.Random(seed).sample(range(len(ANCHORS)), count)]
+
+    def _all_anchors(self, model: PeftModel, system: Sequence[Message]) -> list[TaughtProbe]:
+        """Every anchor after this system message, taught once per engine (the base model never changes), always
+        as the same batch, so an update's targets do not depend on which updates came before it."""
+        key = json.dumps(list(system), sort_keys=True)
+        if key not in self._anchors:
+            students = [
+                self.renderer.reply(list(system), [{"role": "user", "content": q}], {"role": "assistant", "content": a})
+                for q, a in ANCHORS
+            ]
+            with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
+                self._anchors[key] = self._taught(model, students, students)
+            while len(self._anchors) > ANCHOR_SYSTEMS:
+                self._anchors.pop(next(iter(self._anchors)))  # the system message taught longest ago
+        return self._anchors[key]
 
     def _taught(
         self,
@@ -116,8 +131,10 @@ class ProbeTeacher:
         """The teacher's top-k log-probabilities on each answer, reading (prefix, answer) `readings` as one batch
         (after `cache` if given; right-padded, so the padding follows every token scored)."""
         batch = padded_batch(readings)
-        logits = model(input_ids=batch.input_ids, past_key_values=cache, use_cache=cache is not None).logits
-        scored = logits[:, :-1][batch.labels[:, 1:] != IGNORE_INDEX].float() / self.config.distill_temperature
+        logits = scored_logits(
+            model, batch.labels, input_ids=batch.input_ids, past_key_values=cache, use_cache=cache is not None
+        )
+        scored = logits.float() / self.config.distill_temperature
         top = torch.log_softmax(scored, dim=-1).topk(min(TOP_K, scored.shape[-1]), dim=-1)  # (N, k), probe-major
         lengths = [len(answer) for _, answer in students]
         taught = zip(students, top.indices.split(lengths), top.values.split(lengths), strict=True)

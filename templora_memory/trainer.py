@@ -108,6 +108,17 @@ def _scored(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
 
 
+def scored_logits(model: PeftModel, labels: torch.Tensor, **inputs: object) -> torch.Tensor:
+    """`_scored(model(**inputs).logits, labels)` with the output head run on those N positions alone.
+
+    Probes are mostly prompt: the head's (T, V) product over every position would cost more than the rest of
+    a short sequence's forward pass, and all but the answer's rows would be thrown away.
+    """
+    causal_lm = model.get_base_model()
+    hidden = causal_lm.model(**inputs).last_hidden_state  # (B, T, H)
+    return causal_lm.lm_head(hidden[:, :-1][labels[:, 1:] != IGNORE_INDEX])  # (N, V)
+
+
 @torch.no_grad()
 def base_logprobs(model: PeftModel, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probabilities (N, V) of the base model (adapter disabled) at the chunk's scored positions."""
@@ -151,8 +162,8 @@ def _split_context(model: PeftModel, input_ids: torch.Tensor, labels: torch.Tens
     context = int(scored[0]) - 1 if len(scored) else 0
     if context <= 0:
         return input_ids, labels, None
-    with torch.no_grad():
-        past = model(input_ids=input_ids[:, :context], use_cache=True).past_key_values
+    with torch.no_grad():  # only the KV cache is wanted: the head runs on one position
+        past = model(input_ids=input_ids[:, :context], use_cache=True, logits_to_keep=1).past_key_values
     return input_ids[:, context:], labels[:, context:], past
 
 
@@ -163,8 +174,8 @@ def probe_kl(model: PeftModel, batch: DistillBatch, temperature: float) -> torch
     the KL is exactly zero when the student matches the teacher and still pushes down mass outside the top k.
     """
     students = batch.students
-    logits = model(input_ids=students.input_ids, attention_mask=students.attention_mask).logits  # (B, T, V)
-    scored = _scored(logits, students.labels).float() / temperature  # (N, V)
+    logits = scored_logits(model, students.labels, input_ids=students.input_ids, attention_mask=students.attention_mask)
+    scored = logits.float() / temperature  # (N, V)
     student = _with_rest(torch.log_softmax(scored, dim=-1).gather(1, batch.top_ids))  # (N, k + 1)
     teacher = _with_rest(batch.top_logprobs)
     return (teacher.exp() * (teacher - student)).sum(-1).mean() * temperature**2

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
 from templora_memory import precision
 from templora_memory.distill import ProbeTeacher
-from templora_memory.probes import probes_for
-from templora_memory.trainer import build_example, chunk_loss, train_chunk
+from templora_memory.probes import ANCHORS, probes_for
+from templora_memory.trainer import build_example, chunk_loss, scored_logits, train_chunk
 
 SYSTEM = {"role": "system", "content": "You are the innkeeper."}
 TOLD = [
@@ -143,3 +145,44 @@ def test_the_batched_teacher_matches_each_probe_read_alone(make_engine):
                 logits = base(input_ids=ids).logits[0, len(context) + len(follow) - 1 : -1]
             alone = torch.log_softmax(logits.float(), dim=-1).gather(1, told.top_ids)
             assert torch.allclose(alone, told.top_logprobs, atol=1e-4)
+
+
+def test_the_head_run_on_scored_positions_only_gives_the_full_logits_and_gradients_there(trained):
+    teacher = ProbeTeacher(trained.renderer, trained.config.model_copy(update={"anchor_probes": 4}))
+    with trained.bank.active("a") as model:
+        batch = teacher.batch(teacher.anchor(model, [SYSTEM], seed=1)).students  # right-padded, answers labelled
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        full = model(**inputs).logits[:, :-1][batch.labels[:, 1:] != -100]
+        head_only = scored_logits(model, batch.labels, **inputs)
+        assert head_only.shape == full.shape == (int((batch.labels != -100).sum()), full.shape[-1])
+        assert torch.allclose(head_only, full, atol=1e-5)
+        grads = [
+            torch.autograd.grad(logits.logsumexp(-1).sum(), trained.bank.parameters("a"))
+            for logits in (
+                model(**inputs).logits[:, :-1][batch.labels[:, 1:] != -100],
+                scored_logits(model, batch.labels, **inputs),
+            )
+        ]
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-4) for a, b in zip(*grads, strict=True))
+
+
+def test_anchors_are_taught_once_per_system_message_and_picked_as_before(make_engine, monkeypatch):
+    engine = make_engine(anchor_probes=3)
+    teacher = ProbeTeacher(engine.renderer, engine.config)
+    passes = []
+    monkeypatch.setattr(
+        teacher, "_taught", lambda *args, **kw: passes.append(1) or ProbeTeacher._taught(teacher, *args, **kw)
+    )
+    with engine.bank.active(None) as base:
+        first, again = teacher.anchor(base, [SYSTEM], seed=5), teacher.anchor(base, [SYSTEM], seed=5)
+        other = teacher.anchor(base, [SYSTEM], seed=6)
+        assert len(passes) == 1  # the base model never changes: one teaching pass serves every update
+        teacher.anchor(base, [{"role": "system", "content": "You are the smith."}], seed=5)
+        assert len(passes) == 2  # another system message is another prompt
+    told = [
+        engine.renderer.reply([SYSTEM], [{"role": "user", "content": q}], {"role": "assistant", "content": a})
+        for q, a in random.Random(5).sample(ANCHORS, 3)
+    ]  # the same anchors a fresh sample picked before
+    assert [(p.prompt, p.answer) for p in first] == told
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert [p.prompt for p in other] != [p.prompt for p in first]
