@@ -45,7 +45,7 @@ class TempLoraConfig(BaseModel):
     synthetic_questions: int = Field(0, ge=0, le=16)
     """LIFT (Mao et al. 2024): before a chunk is trained, the base model writes up to this many question/answer
     pairs about it, trained with the chunk as chat turns, loss on the answers (costs generation time; 0: off)."""
-    probe_questions: int = Field(0, ge=0, le=64)
+    probe_questions: int = Field(8, ge=0, le=64)
     """Context distillation (see templora_memory.probes): question–answer probes built from the user's statements in
     each chunk; the base model reading the chunk teaches the adapter, which reads only the question, by KL on the
     answer tokens (one teacher pass over the chunk plus a short pass per probe; 0: off)."""
@@ -53,10 +53,10 @@ class TempLoraConfig(BaseModel):
     """Weight of the probes' KL(teacher ‖ student) next to the chunk's next-token loss."""
     distill_temperature: float = Field(1.0, gt=0.0, le=10.0)
     """Temperature T of the teacher's and the student's distributions in the probes' KL (scaled by T²)."""
-    replay_probes: int = Field(0, ge=0, le=4096)
+    replay_probes: int = Field(64, ge=0, le=4096)
     """Most taught probes kept per agent (a uniform, seeded sample of all of them) and replayed, up to
     probe_questions per update, so earlier facts are rehearsed while later ones are written (0: no replay)."""
-    anchor_probes: int = Field(0, ge=0, le=16)
+    anchor_probes: int = Field(8, ge=0, le=16)
     """Generic questions with written answers (`templora_memory.probes.ANCHORS`), up to this many per update, on which
     the adapter is held to the base model by the same KL, so that facts written do not erode what the model knew
     (prompt distillation's regulariser on generic prompts; one short teacher pass; 0: off)."""
@@ -68,8 +68,9 @@ class TempLoraConfig(BaseModel):
     """LoRA rank r of the temporary module (paper: 64)."""
     lora_alpha: float = Field(32.0, gt=0.0)
     """LoRA scaling α_LoRA; the update is scaled by lora_alpha / lora_rank (paper: 64)."""
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA input during training (paper: 0.05)."""
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input during training (paper: 0.05). Off by default: on a CPU, drawing the masks (one per
+    LoRA module and pass) took a third of a training forward pass, and recall held without it (README)."""
     target_modules: list[str] | Literal["all-linear"] = ALL_LINEAR
     """Modules that get a LoRA: "all-linear" or module names (paper: all linear layers but the LM head)."""
     deployment: Literal["cascaded", "parallel"] = "cascaded"
@@ -82,10 +83,10 @@ class TempLoraConfig(BaseModel):
     """Paper §2 (StreamingLLM), with cache_reuse: turns leaving the window are evicted from the cache and the
     states after them rotated to their new positions, so a sliding window is never recomputed (RoPE models;
     the prompt's stable start, i.e. the system message, is the sink and must be at least 4 tokens)."""
-    train_precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    train_precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Precision of the training passes' matrix products (bf16 autocast; weights, gradients and AdamW stay fp32):
     "auto" picks bf16 where the CPU has native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere."""
-    context_gradients: bool = True
+    context_gradients: bool = False
     """False: the L_T context before a chunk runs without gradients and its KV cache is reused by the chunk's
     forward (the loss is the same; the gradient through the context's keys and values is dropped; ~1.5x faster)."""
     decode_weights: Literal["auto", "fp32", "bf16", "int8", "int4"] = "auto"

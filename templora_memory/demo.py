@@ -13,11 +13,8 @@ DEMO_CONFIG = dict(
     chunk_tokens=128,
     train_context_tokens=128,
     max_new_tokens=40,
-    probe_questions=8,
-    replay_probes=64,
 )
-"""A small window so that the dialogue outgrows it within minutes on a CPU, and the recall recipe (context
-distillation onto probes, with replay; README, "Memory that answers")."""
+"""A small window so that the dialogue outgrows it within minutes on a CPU; the write recipe is the default one."""
 
 AGENT = "bram-the-innkeeper"
 SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the traveller briefly and in character."

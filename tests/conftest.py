@@ -13,6 +13,7 @@ from templora_memory import MemoryEngine, ParametricMemory, TempLoraConfig
 from tests.tiny import HERMES, tiny_model, tiny_tokenizer
 
 TINY_CONFIG = dict(chunk_tokens=32, window_tokens=96, train_context_tokens=32, max_new_tokens=8, learning_rate=1e-2)
+"""Short chunks and window for the tiny model; the write recipe (probes, replay, anchors, precision) is the default."""
 
 
 @pytest.fixture(autouse=True)

@@ -178,7 +178,7 @@ def test_anchors_hold_the_adapter_to_the_base_model_on_generic_questions(tokeniz
         model = tiny_model(tokenizer)
         with torch.no_grad():  # peaked predictions, as a trained model has (the random tiny one is near uniform)
             model.lm_head.weight.mul_(30)
-        config = TempLoraConfig(**{**TINY_CONFIG, "anchor_probes": anchor_probes})
+        config = TempLoraConfig(**{**TINY_CONFIG, "anchor_probes": anchor_probes, "probe_questions": 0})
         engine = MemoryEngine(config=config, loaded=(model, tokenizer, "tiny-peaked"))
         engine.add_turns("a", [SYSTEM, *_turns(16)])
         teacher = ProbeTeacher(engine.renderer, config.model_copy(update={"anchor_probes": len(ANCHORS)}))
