@@ -151,8 +151,8 @@ def backend_agreement(
         ours = list(generate_tokens(model, prompt, sampling, set()))
     exact = {}
     for agent in (AGENT, None):
-        with torch.no_grad(), engine.bank.active(agent) as model:
-            exact[agent] = continuation_logits(model, prompt, ours)  # (n, V), fp32 weights
+        with torch.no_grad(), engine.decoder.active(engine.bank, agent) as model:
+            exact[agent] = continuation_logits(model, prompt, ours)  # (n, V): one call of > 8 rows runs in fp32
     with _take(backend, owners).decoder.active(backend.bank, AGENT) as source:
         theirs = list(generate_tokens(source, prompt, sampling, set()))
     leading = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), n)
