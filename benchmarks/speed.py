@@ -2,11 +2,13 @@
 
 Rows (same prompt, same reply length, end-of-sequence ignored, greedy): the engine with a trained adapter
 under each `decode_weights` lever, the engine on the base model, plain `transformers` `generate` on the
-fp32 model, and llama.cpp (`llama-cpp-python`, the `llamacpp` extra) on the same GGUF file when it is
-installed. Rows are interleaved and repeated; medians are reported. Also: time to first token when a
-caller-kept cache already holds the window (cache reuse), seconds per 1K tokens written per write recipe
-next to seconds per 1K generated, each lever's quality (its reply vs the fp32 lever's; perplexity of PG19
-text fed token by token through the decode path) and peak memory (one fresh process per lever).
+fp32 model, and, when `llama-cpp-python` (the `llamacpp` extra) is installed, llama.cpp on the same GGUF file
+and the engine with the adapter on the llama.cpp backend (`decode_backend="llama.cpp"`), whose greedy tokens
+and logits are also compared with the torch path's for the same adapter. Rows are interleaved and repeated;
+medians are reported. Also: time to first token when a caller-kept cache already holds the window (cache
+reuse), seconds per 1K tokens written per write recipe next to seconds per 1K generated, each lever's quality
+(its reply vs the fp32 lever's; perplexity of PG19 text fed token by token through the decode path) and peak
+memory (one fresh process per lever).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from benchmarks import common
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
-from templora_memory.generation import Sampling
+from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, growing_cache
 from templora_memory.loading import default_gguf_path, load_model
 
@@ -35,6 +37,8 @@ LEVERS = ("fp32", "bf16", "int8", "int4")
 WRITE_RECIPES: dict[str, dict[str, Any]] = {"shipped": {}}
 """Write-cost rows: `TempLoraConfig` overrides per recipe, on top of the command's config ("shipped": none)."""
 AGENT = "speed"
+LLAMA_MISSING = "llama-cpp-python is not installed (extra: llamacpp)"
+BACKEND_ROW = "engine adapter, llama.cpp backend"
 NEW_TURN_TOKENS = 32
 
 
@@ -65,7 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     engine = MemoryEngine(args.model, config, store=store.name)
     text = book.read_text()
     tokens = engine.encode(text[: 60 * (max(windows) + args.write_tokens + args.quality_tokens)])
-    result: dict[str, Any] = {"benchmark": "speed", "default_decode_weights": engine.decoder.weights}
+    result: dict[str, Any] = {"benchmark": "speed", "default_decode_weights": getattr(engine.decoder, "weights", "-")}
     written = tokens[: args.write_tokens]
     result["write"] = {
         name: write_cost(_with(config, overrides), written, args.model, None if overrides else engine)
@@ -75,12 +79,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"adapter, {lever}": MemoryEngine(args.model, _with(config, {"decode_weights": lever}), store=store.name)
         for lever in levers
     }
-    result["speed"] = speed_rows(engine, engines, tokens[args.write_tokens :], windows, args)
+    backend = llama_backend_engine(args.model, config, store.name)
+    owners = [engine, *engines.values(), *([backend] if backend is not None else [])]  # take turns holding AGENT
+    result["speed"] = speed_rows(engine, engines, tokens[args.write_tokens :], windows, args, backend)
+    result["llama_cpp_backend"] = (
+        backend_agreement(engine, backend, tokens[args.write_tokens :][: min(windows)], args.reply_tokens, owners)
+        if backend is not None
+        else {"skipped": LLAMA_MISSING}
+    )
     generated = result["speed"]["engine default, adapter"].get(str(min(windows, key=lambda w: abs(w - 1024))), {})
     result["generate_seconds_per_1k"] = round(1000 / generated["tokens_per_s"], 1) if generated else None
-    result["cache_reuse_ttft_s"] = {str(w): cache_reuse_ttft(engine, tokens, w) for w in windows}
+    result["cache_reuse_ttft_s"] = {str(w): cache_reuse_ttft(_take(engine, owners), tokens, w) for w in windows}
     quality_text = tokens[-args.quality_tokens :]
-    result["quality"] = {name: decode_quality(each, quality_text) for name, each in engines.items()}
+    result["quality"] = {name: decode_quality(_take(each, owners), quality_text) for name, each in engines.items()}
     if not args.no_memory:
         result["memory"] = {lever: memory_in_fresh_process(args.model, lever, args.threads) for lever in levers}
     result["run"] = common.run_info(engine, args, started)
@@ -92,17 +103,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 # ----- rows ---------------------------------------------------------------------------------
 
 
-def speed_rows(engine: MemoryEngine, engines: dict[str, MemoryEngine], tokens, windows, args) -> dict[str, Any]:
+def speed_rows(
+    engine: MemoryEngine, engines: dict[str, MemoryEngine], tokens, windows, args, backend: MemoryEngine | None
+) -> dict[str, Any]:
     """Median decode tokens/s and time to first token per row and window, rows interleaved `repeats` times."""
-    rows = {"engine default, adapter": lambda p, n: engine_timing(engine, AGENT, p, n)}
+    owners = [engine, *engines.values(), *([backend] if backend is not None else [])]
+    rows = {"engine default, adapter": _timer(engine, owners)}
     rows["engine default, base model"] = lambda p, n: engine_timing(engine, None, p, n)
-    rows.update({f"engine {name}": _timer(each) for name, each in engines.items()})
+    rows.update({f"engine {name}": _timer(each, owners) for name, each in engines.items()})
     hf_model, _, _ = load_model(args.model)
     rows["transformers generate (fp32)"] = lambda p, n: transformers_timing(hf_model, p, n)
     context = max(windows) + args.reply_tokens + 8
     llama = llama_cpp_model(context, torch.get_num_threads()) if args.model is None else None
     if llama is not None:
         rows["llama.cpp (GGUF Q4_1/Q8_0)"] = lambda p, n: llama_cpp_timing(llama, p, n)
+    if backend is not None:
+        rows[BACKEND_ROW] = _timer(backend, owners)
     samples: dict[str, dict[str, list[dict]]] = {name: {} for name in rows}
     for window in common.progress(windows, args.quiet, desc="windows"):
         for _ in range(args.repeats):
@@ -110,8 +126,45 @@ def speed_rows(engine: MemoryEngine, engines: dict[str, MemoryEngine], tokens, w
                 samples[name].setdefault(str(window), []).append(timed(tokens[:window], args.reply_tokens))
     summary = {name: {w: _median(runs) for w, runs in by_window.items()} for name, by_window in samples.items()}
     if llama is None:
-        summary["llama.cpp (GGUF Q4_1/Q8_0)"] = {"skipped": "llama-cpp-python is not installed (extra: llamacpp)"}
+        summary["llama.cpp (GGUF Q4_1/Q8_0)"] = {"skipped": LLAMA_MISSING}
+    if backend is None:
+        summary[BACKEND_ROW] = {"skipped": LLAMA_MISSING}
     return summary
+
+
+def llama_backend_engine(model: str | None, config: TempLoraConfig, store: str) -> MemoryEngine | None:
+    """An engine on the llama.cpp backend reading the trained agent from `store`; None without llama-cpp-python."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    return MemoryEngine(model, _with(config, {"decode_backend": "llama.cpp"}), store=store)
+
+
+def backend_agreement(
+    engine: MemoryEngine, backend: MemoryEngine, prompt: list[int], n: int, owners: list[MemoryEngine]
+) -> dict[str, Any]:
+    """The llama.cpp backend next to the torch path with the same trained adapter: how many of the first `n` greedy
+    tokens agree, and on the torch path's greedy tokens (teacher-forced) the largest logit difference from the
+    exact fp32 adapter model and the share of positions with the same top token; the base model's figures show
+    llama.cpp's own quantisation noise (Q8 activations) without any adapter."""
+    sampling = Sampling(max_new_tokens=n, ignore_eos=True)
+    with torch.no_grad(), _take(engine, owners).decoder.active(engine.bank, AGENT) as model:
+        ours = list(generate_tokens(model, prompt, sampling, set()))
+    exact = {}
+    for agent in (AGENT, None):
+        with torch.no_grad(), engine.decoder.active(engine.bank, agent) as model:
+            exact[agent] = continuation_logits(model, prompt, ours)  # (n, V): one call of > 8 rows runs in fp32
+    with _take(backend, owners).decoder.active(backend.bank, AGENT) as source:
+        theirs = list(generate_tokens(source, prompt, sampling, set()))
+    leading = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), n)
+    result = {"greedy_tokens_compared": n, "leading_tokens_equal": leading}
+    result["tokens_equal"] = sum(a == b for a, b in zip(ours, theirs, strict=True))
+    for agent, label in ((AGENT, "adapter"), (None, "base")):
+        with backend.decoder.active(backend.bank, agent) as source:
+            got = torch.stack([source.next_logits(list(prompt)), *(source.next_logits([t]) for t in ours[:-1])])
+        result[f"{label}_max_abs_logit_diff"] = round(float((got - exact[agent]).abs().max()), 3)
+        result[f"{label}_top1_agreement"] = round(float((got.argmax(-1) == exact[agent].argmax(-1)).float().mean()), 3)
+    result["adapter_effect_max_abs_logit"] = round(float((exact[AGENT] - exact[None]).abs().max()), 3)
+    return result
 
 
 def engine_timing(engine: MemoryEngine, agent: str | None, prompt: list[int], n: int) -> dict[str, Any]:
@@ -232,8 +285,18 @@ def _with(config: TempLoraConfig, overrides: dict[str, Any]) -> TempLoraConfig:
     return TempLoraConfig(**{**config.model_dump(), **overrides})
 
 
-def _timer(engine: MemoryEngine):
-    return lambda prompt, n: engine_timing(engine, AGENT, prompt, n)
+def _timer(engine: MemoryEngine, owners: list[MemoryEngine]):
+    return lambda prompt, n: engine_timing(_take(engine, owners), AGENT, prompt, n)
+
+
+def _take(engine: MemoryEngine, owners: list[MemoryEngine]) -> MemoryEngine:
+    """`engine` with the agent in RAM, released first by the other engines: each holds the agent's store lease
+    while it keeps the agent, so one engine's load would wait for another's (untimed)."""
+    for other in owners:
+        if other is not engine:
+            other.release(AGENT)
+    engine.agent(AGENT)
+    return engine
 
 
 def _timing(first_s: float, tokens: int, rest_s: float, text: str) -> dict[str, Any]:
@@ -263,6 +326,10 @@ def table(result: dict[str, Any]) -> str:
             continue
         cells = "".join(f"{row[w]['tokens_per_s']:>11} | {row[w]['ttft_s']:>6}" for w in windows)
         lines.append(f"{name:<36}{cells}")
+    lines.append(
+        "llama.cpp backend vs torch, same adapter: "
+        + ", ".join(f"{k} {v}" for k, v in result.get("llama_cpp_backend", {}).items())
+    )
     reuse = ", ".join(f"{w}: {s} s" for w, s in result["cache_reuse_ttft_s"].items())
     lines.append(f"time to first token, cache reuse (+{NEW_TURN_TOKENS} new tokens after the window): {reuse}")
     for name, cost in result["write"].items():

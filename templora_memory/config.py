@@ -95,6 +95,12 @@ class TempLoraConfig(BaseModel):
     Q4_1 grid, so lossless there; +95 MB; output head int8), "int8": per output channel, "bf16" (fp32 on CPUs without
     native bf16), "fp32": no copy; "auto": int4 where the weights already lie on an int4 grid and the CPU has native
     bf16, else fp32. Replies from prompts of more than 8 new tokens compute those on the fp32 weights."""
+    decode_backend: Literal["torch", "llama.cpp"] = "torch"
+    """What computes replies' logits: "torch" (decode_weights above) or "llama.cpp" on the GGUF file the model was
+    loaded from (the embedded default or a .gguf path), with each agent's LoRA exported as a GGUF adapter (1.7x the
+    torch decode rate in one CPU run; needs the `llamacpp` extra, which builds llama.cpp from source; holds the model's
+    whole context as KV cache, ~190 MB for SmolLM2; re-exports an adapter, ~0.05 s, on the next reply after a change).
+    Tokens are picked as on the torch path; training and log_likelihood stay in torch."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

@@ -17,16 +17,20 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from templora_memory.adapters import AdapterBank
+from templora_memory.config import TempLoraConfig
 from templora_memory.errors import ConfigError
 from templora_memory.precision import cpu_supports_bf16
+
+if TYPE_CHECKING:
+    from templora_memory.llamacpp_decoding import LlamaCppDecoder
 
 WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
 PREFILL_ROWS = 8
@@ -128,6 +132,17 @@ def resolve_weights(choice: str, base: PreTrainedModel) -> WeightFormat:
         return "fp32"
     on_grid = all(int4_quantize(m.weight.detach())[2] <= INT4_EXACT for _, m in _linears(base, head=False))
     return "int4" if on_grid else "fp32"
+
+
+def decoder_for(
+    base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: TempLoraConfig, model: str | None, name: str
+) -> DecodeModel | LlamaCppDecoder:
+    """The engine's reply model for `config.decode_backend`; the llama.cpp one is imported only when chosen."""
+    if config.decode_backend == "llama.cpp":
+        from templora_memory.llamacpp_decoding import LlamaCppDecoder
+
+        return LlamaCppDecoder.for_model(base, tokenizer, model, name)
+    return DecodeModel(base, resolve_weights(config.decode_weights, base))
 
 
 class DecodeModel:

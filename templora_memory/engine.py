@@ -28,7 +28,7 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
 from templora_memory.conversation import ChatRenderer, PromptWindow, check_messages, split_system, window_start
-from templora_memory.decoding import DecodeModel, resolve_weights
+from templora_memory.decoding import decoder_for
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
@@ -67,7 +67,7 @@ class MemoryEngine:
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
         replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
-        self.decoder = DecodeModel(base, resolve_weights(self.config.decode_weights, base))  # replies run on it
+        self.decoder = decoder_for(base, self.tokenizer, self.config, model, self.model_name)  # replies run on it
         self.bank = AdapterBank(base, self.config)
         self.renderer = ChatRenderer(self.tokenizer)
         self.grammars = GrammarCache(self.tokenizer)

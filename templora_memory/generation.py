@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -39,27 +40,24 @@ def generate_tokens(
 ) -> Iterator[int]:
     """Yield new token ids one at a time until an end-of-sequence token or `max_new_tokens`.
 
-    With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed.
+    With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed; a
+    `LogitsSource` model (llama.cpp) keeps its own states and ignores it.
     With a `constraint`, only tokens its grammar allows are picked, the repetition penalty counts only the
     reply's own tokens, and generation ends when the grammar is complete.
     """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
     generator = torch.Generator().manual_seed(seed)
-    cache = cache if cache is not None else PromptCache()
-    feed = cache.align(prompt)
+    if isinstance(model, LogitsSource):  # another backend (llama.cpp) that keeps its own states
+        feed, step = list(prompt), model.next_logits
+    else:
+        cache = cache if cache is not None else PromptCache()
+        feed, step = cache.align(prompt), _torch_step(model, cache)
     # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
     # values out of the prompt (tool arguments), and penalising them picks wrong ones
     seen = torch.tensor(list(prompt) if constraint is None else [], dtype=torch.long)  # (T,)
-    last_only = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a long prompt needs no logits but its last
     for _ in range(sampling.max_new_tokens):
-        try:
-            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True, **last_only)
-        except BaseException:
-            cache.clear()  # some layers may hold the new states already: the cache no longer matches its ids
-            raise
-        cache.record(feed, out.past_key_values)
-        logits = out.logits[0, -1].float()  # (V,)
+        logits = step(feed)  # (V,)
         if constraint is not None:
             constraint.mask(logits)
         token = _pick(logits, seen, sampling, generator)
@@ -89,6 +87,31 @@ def continuation_logits(
         raise
     cache.record(ids, out.past_key_values)
     return out.logits[0, len(feed) - 1 : -1].float()
+
+
+@runtime_checkable
+class LogitsSource(Protocol):
+    """A model outside torch that `generate_tokens` can decode with (see `templora_memory.llamacpp_decoding`)."""
+
+    def next_logits(self, feed: list[int]) -> torch.Tensor:
+        """The next token's logits (V,) fp32 after `feed`: the whole prompt first, then one token per call."""
+        ...
+
+
+def _torch_step(model: nn.Module, cache: PromptCache) -> Callable[[list[int]], torch.Tensor]:
+    """The next token's logits after the tokens fed, run through `model` with the KV states `cache` holds."""
+    last_only = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a long prompt needs no logits but its last
+
+    def step(feed: list[int]) -> torch.Tensor:
+        try:
+            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True, **last_only)
+        except BaseException:
+            cache.clear()  # some layers may hold the new states already: the cache no longer matches its ids
+            raise
+        cache.record(feed, out.past_key_values)
+        return out.logits[0, -1].float()
+
+    return step
 
 
 def _keeps_logits(model: nn.Module) -> bool:
