@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 from benchmarks import common
 from benchmarks.locomo import paired
+from benchmarks.locomo_data import SCORED_CATEGORIES
 from templora_memory.config import TempLoraConfig
 
 RECIPE_FIELDS = (
@@ -40,9 +42,17 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Read each result, print one row per recipe, optionally write the rows."""
+    """Read each result, print one row per recipe and each one's paired difference to the first, write the rows."""
     rows = [row(Path(path), args.form) for path in args.results]
     print(table(rows))
+    first = json.loads(Path(args.results[0]).read_text(encoding="utf-8"))
+    for path, r in zip(args.results[1:], rows[1:], strict=True):
+        r["against_first"] = paired_difference(first, json.loads(Path(path).read_text(encoding="utf-8")), args.form)
+        d = r["against_first"]
+        print(
+            f"{path} - {args.results[0]}: adapter NLL {d['mean']:+.3f} per question ({args.form}, {d['questions']} "
+            f"paired), 95 % bootstrap CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], lower on {d['lower']}"
+        )
     if args.out:
         common.write_json(args.out, {"benchmark": "recipes", "form": args.form, "rows": rows})
     return rows
@@ -67,6 +77,33 @@ def row(path: Path, form: str) -> dict[str, Any]:
         "adapter_vs_control": wins.get("adapter_vs_control", {}).get(form),
         "train_s_per_1k": round(1000 * seconds / written, 1) if written else None,
         "threads": result["run"].get("torch_threads"),
+    }
+
+
+def paired_difference(first: dict, other: dict, form: str, resamples: int = 5000) -> dict[str, Any]:
+    """Adapter gold NLL of `other` minus `first` on the scored questions (categories 1, 2, 4, as the NLL columns)
+    both asked (same conversation and question):
+    the mean, a seeded percentile-bootstrap 95 % interval, and on how many `other` was lower."""
+    ours, theirs = _adapter_nll(other, form), _adapter_nll(first, form)
+    diffs = [ours[key] - theirs[key] for key in sorted(ours.keys() & theirs.keys())]
+    if not diffs:
+        raise SystemExit("the two results share no question: compare runs over the same conversations")
+    rng = random.Random(0)
+    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
+    low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    return {
+        "questions": len(diffs),
+        "mean": round(sum(diffs) / len(diffs), 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "lower": sum(d < 0 for d in diffs),
+    }
+
+
+def _adapter_nll(result: dict, form: str) -> dict[tuple[str, str], float]:
+    return {
+        (q["conversation"], q["question"]): q["nll"]
+        for q in result["questions"]
+        if q["condition"] == "adapter" and q["form"] == form and q["category"] in SCORED_CATEGORIES
     }
 
 

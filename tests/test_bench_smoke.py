@@ -110,6 +110,12 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     assert row["adapter_vs_control"] == result["paired"]["adapter_vs_control"]["plain"]
     assert row["recipe"] == {"learning_rate": 1e-2}  # the only recipe field the tiny config changes
     assert "| learning_rate=0.01 |" in recipes.table([row])
+    lower = {**result, "questions": [{**q, "nll": q["nll"] - 0.5} for q in result["questions"]]}
+    scored = [q for q in result["questions"] if q["condition"] == "adapter" and q["form"] == "plain"]
+    scored = [q for q in scored if q["category"] in (1, 2, 4)]
+    difference = recipes.paired_difference(result, lower, "plain")
+    assert difference["questions"] == len(scored) > 0 and difference["lower"] == len(scored)
+    assert difference["mean"] == pytest.approx(-0.5) and difference["ci95"] == pytest.approx([-0.5, -0.5])
 
 
 def test_locomo_answer_matches_engine_scoring_and_generation(make_engine):
