@@ -75,8 +75,7 @@ class ParametricMemory(BaseChatModel):
     max_tokens: int | None = Field(None, ge=1)
     """Reply length cap; None uses `config.max_new_tokens`."""
     repetition_penalty: float = Field(1.1, ge=1.0)
-    """Penalty on tokens the reply already holds (1.0 turns it off); small models loop without it. The prompt's
-    tokens are not penalised: answers repeat the question's words and the facts they recall."""
+    """Penalty on tokens already in the prompt or reply (1.0 turns it off); small models loop without it."""
     stop: list[str] | None = None
     """Strings that end a reply (the stop string itself is not returned)."""
     seed: int | None = None

@@ -42,8 +42,8 @@ def generate_tokens(
 
     With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed; a
     `LogitsSource` model (llama.cpp) keeps its own states and ignores it.
-    The repetition penalty counts only the reply's own tokens. With a `constraint`, only tokens its grammar allows
-    are picked, and generation ends when the grammar is complete.
+    With a `constraint`, only tokens its grammar allows are picked, the repetition penalty counts only the
+    reply's own tokens, and generation ends when the grammar is complete.
     """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
@@ -53,9 +53,9 @@ def generate_tokens(
     else:
         cache = cache if cache is not None else PromptCache()
         feed, step = cache.align(prompt), _torch_step(model, cache)
-    # the repetition penalty counts the reply's own tokens only: answers copy from the prompt (the question's
-    # words, a recalled fact, tool arguments), and penalising those picks wrong ones; loops are in the reply
-    seen = torch.tensor([], dtype=torch.long)  # (T,) tokens generated so far
+    # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
+    # values out of the prompt (tool arguments), and penalising them picks wrong ones
+    seen = torch.tensor(list(prompt) if constraint is None else [], dtype=torch.long)  # (T,)
     for _ in range(sampling.max_new_tokens):
         logits = step(feed)  # (V,)
         if constraint is not None:
