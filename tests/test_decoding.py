@@ -12,21 +12,15 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.decoding import DecodeModel, int4_quantize, resolve_weights
 from templora_memory.generation import Sampling, generate_tokens
 from templora_memory.kv_cache import GrowingLayer, PromptCache, growing_cache
-from tests.tiny import tiny_model
+from tests.tiny import tiny_model, with_random_lora
 
 TOLERANCE = {"fp32": 1e-5, "bf16": 0.02, "int8": 0.03, "int4": 0.03}
 """Largest logit difference allowed next to fp32, as a fraction of the largest fp32 logit (int4: on its grid)."""
 
 
 def _trained(make_engine, **overrides):
-    """An engine whose agent "a" has a LoRA with non-zero B (as after training), so the LoRA changes the logits."""
-    engine = make_engine(**overrides)
-    engine.agent("a")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in engine.bank.parameters("a"):
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return engine
+    """An engine whose agent "a" has a random LoRA with non-zero B (as after training)."""
+    return with_random_lora(make_engine(**overrides))
 
 
 def _step_logits(model, ids: list[int]) -> torch.Tensor:

@@ -18,19 +18,14 @@ from templora_memory.errors import ConfigError
 from templora_memory.generation import LogitsSource, Sampling, generate_tokens
 from templora_memory.gguf_lora import llama_cpp_rows, write_gguf_lora
 from templora_memory.llamacpp_decoding import adapter_version
+from tests.tiny import with_random_lora
 
 PROJECTIONS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
 
 
 def _trained(make_engine):
-    """An engine whose agent "a" has a LoRA with non-zero B, so every layer's update is non-zero."""
-    engine = make_engine()
-    engine.agent("a")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in engine.bank.parameters("a"):
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return engine
+    """An engine whose agent "a" has a random LoRA with non-zero B, so every layer's update is non-zero."""
+    return with_random_lora(make_engine())
 
 
 def _field(reader: gguf.GGUFReader, key: str):

@@ -77,3 +77,14 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, context: int = 1024, seed: in
     model = LlamaForCausalLM(config)
     model.eval()
     return model
+
+
+def with_random_lora(engine, agent_id: str = "a"):
+    """The engine, its agent `agent_id` given a seeded random LoRA with non-zero B (as after training), so every
+    layer's update changes the logits."""
+    engine.agent(agent_id)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in engine.bank.parameters(agent_id):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return engine
