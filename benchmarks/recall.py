@@ -30,9 +30,11 @@ from typing import Any
 from benchmarks import common
 from benchmarks.recall_scenarios import GENERAL_CHECKS, Scenario, build_scenario, contains_answer
 from templora_memory.config import add_config_options
+from templora_memory.conversation import said_by_assistant
 from templora_memory.engine import MemoryEngine
-from templora_memory.generation import Sampling
+from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
+from templora_memory.message import Turn
 from templora_memory.recall import HybridRecall
 
 CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
@@ -142,9 +144,11 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
         for condition in conditions:
             if condition == "control" and control is None:
                 continue
-            prompt = engine.render_prompt([scenario.system], [*history.get(condition, window), question])
+            turns = engine.renderer.turns([*history.get(condition, window), question])
+            prompt = engine.renderer.prompt([scenario.system], turns)
             cache = caches.setdefault(condition, PromptCache())
-            reply, nll = answer(engine, agents.get(condition), prompt, fact, options.answer_tokens, cache)
+            sampling = chat_sampling(options.answer_tokens, turns)
+            reply, nll = answer(engine, agents.get(condition), prompt, fact, sampling, cache)
             records.append(
                 {
                     "scenario": scenario.name,
@@ -183,13 +187,17 @@ def recalled(engine: MemoryEngine, left: list[dict], window: list[dict], questio
     return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]))]
 
 
+def chat_sampling(max_tokens: int, turns: list[Turn]) -> Sampling:
+    """Greedy, with the chat model's repetition penalty counting what it counts in a reply: the assistant's turns."""
+    return Sampling(max_tokens, repetition_penalty=CHAT_REPETITION_PENALTY, penalised=said_by_assistant(turns))
+
+
 def answer(
-    engine, agent: str | None, prompt: list[int], fact, max_tokens: int, cache: PromptCache
+    engine, agent: str | None, prompt: list[int], fact, sampling: Sampling, cache: PromptCache
 ) -> tuple[str, float]:
-    """The greedy reply (the product's repetition penalty) and the answer's mean NLL after the neutral prefix."""
+    """The greedy reply (as the chat model decodes) and the answer's mean NLL after the neutral prefix."""
     start = prompt + engine.encode(fact.answer_prefix)
     nll = common.mean_nll(engine.log_likelihood(agent, start, engine.encode(" " + fact.value), cache=cache))
-    sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
     reply = "".join(engine.stream_completion(agent, prompt, sampling, cache=cache)).strip()
     return reply, nll
 
@@ -199,9 +207,9 @@ def check_general(engine: MemoryEngine, scenario: Scenario, max_tokens: int) -> 
     agent, window = _agent(scenario), engine.window(_agent(scenario))
     rows = []
     for question, expected in GENERAL_CHECKS:
-        prompt = engine.render_prompt([scenario.system], [*window, {"role": "user", "content": question}])
+        turns = engine.renderer.turns([*window, {"role": "user", "content": question}])
+        prompt, sampling = engine.renderer.prompt([scenario.system], turns), chat_sampling(max_tokens, turns)
         for condition, reader in (("window", None), ("adapter", agent)):
-            sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
             reply = "".join(engine.stream_completion(reader, prompt, sampling)).strip()
             rows.append(
                 {

@@ -30,7 +30,7 @@ from benchmarks import common
 from templora_memory.config import add_config_options
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
-from templora_memory.generation import Sampling
+from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.message import fingerprint
 
 PERSONA = "You are {name}, a villager of Oakridge. Answer the traveller in one short sentence."
@@ -219,7 +219,7 @@ def overhead(engine: MemoryEngine, settings, replies: int, max_tokens: int) -> d
     from templora_memory.server import BackgroundServer
 
     messages = [{"role": "system", "content": PERSONA.format(name="Tilda")}, {"role": "user", "content": LINES[1]}]
-    sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=1.1)
+    sampling = Sampling(max_new_tokens=max_tokens, repetition_penalty=CHAT_REPETITION_PENALTY)
     direct, over_http, beyond_engine, same = [], [], [], True
     with BackgroundServer(engine, settings) as server:
         for i in range(replies):

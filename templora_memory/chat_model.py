@@ -31,7 +31,7 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import ANY_OBJECT, closed, json_grammar
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
-from templora_memory.generation import Sampling
+from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.history import AgentChatHistory
 from templora_memory.langchain_messages import from_template, to_template
 from templora_memory.offer import ToolOffer, is_required, offered_tools
@@ -74,8 +74,10 @@ class ParametricMemory(BaseChatModel):
     """Nucleus sampling mass (used when temperature > 0)."""
     max_tokens: int | None = Field(None, ge=1)
     """Reply length cap; None uses `config.max_new_tokens`."""
-    repetition_penalty: float = Field(1.1, ge=1.0)
-    """Penalty on tokens already in the prompt or reply (1.0 turns it off); small models loop without it."""
+    repetition_penalty: float = Field(CHAT_REPETITION_PENALTY, ge=1.0)
+    """Penalty on tokens the assistant already said, in its earlier turns in the prompt or in the reply so far (1.0
+    turns it off; small models loop without it). The user's words are not penalised: answers repeat the question's
+    words and the facts the user told."""
     stop: list[str] | None = None
     """Strings that end a reply (the stop string itself is not returned)."""
     seed: int | None = None

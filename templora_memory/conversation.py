@@ -197,6 +197,11 @@ def window_start(turns: Sequence[Turn], budget: int) -> int:
     return 0
 
 
+def said_by_assistant(turns: Sequence[Turn]) -> tuple[int, ...]:
+    """The tokens of the assistant's turns: what a chat reply's repetition penalty counts besides the reply itself."""
+    return tuple(token for turn in turns if turn.message.get("role") == "assistant" for token in turn.tokens)
+
+
 def split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
     """System messages (kept out of memory, always in the prompt) and conversation turns."""
     system = [m for m in messages if m["role"] == "system"]

@@ -6,6 +6,7 @@ import math
 
 from templora_memory.chat_model import ParametricMemory
 from templora_memory.config import TempLoraConfig
+from templora_memory.conversation import said_by_assistant
 from templora_memory.generation import Sampling
 
 DEMO_CONFIG = dict(
@@ -58,7 +59,8 @@ def run_demo(model: str | None = None, config: TempLoraConfig | None = None) -> 
     engine.wait(AGENT)  # what the question pushed out of the window is written before the prompt is read
     prompt = engine.prompt_ids(AGENT)
     answer_ids = engine.encode(ANSWER)
-    sampling = Sampling(max_new_tokens=memory.config.max_new_tokens, repetition_penalty=memory.repetition_penalty)
+    said = said_by_assistant(engine.renderer.turns(engine.window(AGENT)))  # what the penalty counts, as in a reply
+    sampling = Sampling(memory.config.max_new_tokens, repetition_penalty=memory.repetition_penalty, penalised=said)
     print(f"\ntraveller: {QUESTION}   (the fact left the prompt; prompt is {len(prompt)} tokens)")
     answer_start, keyword_ids = engine.encode(ANSWER.removesuffix(KEYWORD)), engine.encode(KEYWORD)
     results = {}

@@ -18,6 +18,7 @@ import copy
 import os
 import threading
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,14 +28,21 @@ from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_agent_id
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
-from templora_memory.conversation import ChatRenderer, PromptWindow, check_messages, split_system, window_start
+from templora_memory.conversation import (
+    ChatRenderer,
+    PromptWindow,
+    check_messages,
+    said_by_assistant,
+    split_system,
+    window_start,
+)
 from templora_memory.decoding import decoder_for
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
-from templora_memory.message import Message, fingerprint
+from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.offer import ToolOffer
 from templora_memory.recall import HybridRecall
 from templora_memory.replies import Reply, ReplyStream, decode_reply
@@ -235,7 +243,7 @@ class MemoryEngine:
     def prompt_ids(self, agent_id: str) -> list[int]:
         """The prompt the agent's next reply would be generated from (its window, no new turn)."""
         with self._residency.locked(agent_id) as state:
-            return self._prompt(state)
+            return self._prompt(state)[0]
 
     # ----- text ---------------------------------------------------------------------------
 
@@ -280,12 +288,12 @@ class MemoryEngine:
         self._writer.write(state, in_window=sum(len(turn.tokens) for turn in talk.turns[start:]))
         talk.drop_before(window_start(talk.turns, self.config.window_tokens), archive=self.config.recall_tokens > 0)
 
-    def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> list[int]:
-        """The prompt: the system message (and tools), recalled old turns (hybrid recall), the window's turns."""
+    def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> tuple[list[int], list[Turn]]:
+        """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
         talk = state.conversation
         window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
-        recalled = self._recall.turns(talk.archive, window) if self._recall is not None else []
-        return self.renderer.prompt(talk.system, [*recalled, *window], tools)
+        turns = [*(self._recall.turns(talk.archive, window) if self._recall is not None else []), *window]
+        return self.renderer.prompt(talk.system, turns, tools), turns
 
     def _respond(
         self,
@@ -302,7 +310,8 @@ class MemoryEngine:
             self._make_room(state, offer.tools)
             if not state.conversation.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
-            prompt = self._prompt(state, offer.tools)
+            prompt, turns = self._prompt(state, offer.tools)
+            sampling = replace(sampling, penalised=said_by_assistant(turns))  # it may repeat the user, not itself
             state.last_prompt_tokens = len(prompt)
             tool_template = self.tokenizer.chat_template if offer.tools else False
             cache = self._residency.own_cache(state)
@@ -338,16 +347,8 @@ class MemoryEngine:
         """Generate after `prompt` with the agent's adapter, decoding text pieces; returns the parsed reply."""
         with self._model_lock, self.decoder.active(self.bank, agent_id) as model:
             tokens = generate_tokens(model, prompt, sampling, self.eos_ids, cache, constraint)
-            return (
-                yield from decode_reply(
-                    tokens,
-                    self.tokenizer,
-                    stop=stop,
-                    max_new_tokens=sampling.max_new_tokens,
-                    prompt_tokens=len(prompt),
-                    tool_template=tool_template,
-                )
-            )
+            limits = dict(stop=stop, max_new_tokens=sampling.max_new_tokens, prompt_tokens=len(prompt))
+            return (yield from decode_reply(tokens, self.tokenizer, **limits, tool_template=tool_template))
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:

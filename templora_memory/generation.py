@@ -15,6 +15,9 @@ from transformers import PreTrainedTokenizerBase
 from templora_memory.constrained import Constraint
 from templora_memory.kv_cache import PromptCache
 
+CHAT_REPETITION_PENALTY = 1.1
+"""The chat model's and the server's repetition penalty: the 135M default model loops without one."""
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -24,6 +27,10 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    penalised: tuple[int, ...] | None = None
+    """Prompt tokens the repetition penalty counts besides the reply's own; None: the whole prompt (transformers'
+    convention). `MemoryEngine.respond` sets the assistant's earlier turns: a reply may repeat the user's words (the
+    question it answers, a fact it was told) but not its own."""
     seed: int | None = None
     ignore_eos: bool = False
     """Generate exactly `max_new_tokens` (end-of-sequence tokens are kept going past), e.g. to time replies."""
@@ -42,8 +49,9 @@ def generate_tokens(
 
     With a `cache` (an agent's, kept between calls) only the prompt tokens it does not hold yet are computed; a
     `LogitsSource` model (llama.cpp) keeps its own states and ignores it.
-    With a `constraint`, only tokens its grammar allows are picked, the repetition penalty counts only the
-    reply's own tokens, and generation ends when the grammar is complete.
+    The repetition penalty counts `sampling.penalised` (else the prompt) and the reply. With a `constraint`, only
+    tokens its grammar allows are picked, the penalty counts only the reply, and generation ends when the grammar is
+    complete.
     """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
@@ -53,9 +61,7 @@ def generate_tokens(
     else:
         cache = cache if cache is not None else PromptCache()
         feed, step = cache.align(prompt), _torch_step(model, cache)
-    # the repetition penalty counts the prompt too, except under a constraint: a constrained reply copies
-    # values out of the prompt (tool arguments), and penalising them picks wrong ones
-    seen = torch.tensor(list(prompt) if constraint is None else [], dtype=torch.long)  # (T,)
+    seen = torch.tensor(_penalised(prompt, sampling, constraint), dtype=torch.long)  # (T,)
     for _ in range(sampling.max_new_tokens):
         logits = step(feed)  # (V,)
         if constraint is not None:
@@ -117,6 +123,14 @@ def _torch_step(model: nn.Module, cache: PromptCache) -> Callable[[list[int]], t
 def _keeps_logits(model: nn.Module) -> bool:
     """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs; peft's wrapper hides it)."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _penalised(prompt: Sequence[int], sampling: Sampling, constraint: Constraint | None) -> list[int]:
+    """The prompt tokens the repetition penalty counts: none under a constraint (a constrained reply copies values out
+    of the prompt, tool arguments, and penalising them picks wrong ones), else those named, else the whole prompt."""
+    if constraint is not None:
+        return []
+    return list(prompt if sampling.penalised is None else sampling.penalised)
 
 
 def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:

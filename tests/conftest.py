@@ -63,6 +63,8 @@ class ScriptedModel:
     def __init__(self) -> None:
         self.prompts: list[str] = []
         """Each prompt the model was given, decoded, newest last."""
+        self.samplings: list = []
+        """The `Sampling` of each call, newest last."""
         self._tokenizer = None
         self._replies = itertools.cycle([""])
 
@@ -73,6 +75,7 @@ class ScriptedModel:
 
     def generate(self, model, prompt, sampling, eos_ids, *_, **__):
         self.prompts.append(self._tokenizer.decode(prompt))
+        self.samplings.append(sampling)
         yield from self._tokenizer(next(self._replies), add_special_tokens=False)["input_ids"]
 
 

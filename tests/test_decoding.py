@@ -140,3 +140,27 @@ def test_a_decode_layer_keeps_the_bias_on_both_paths(rows):
     with torch.no_grad():
         got = decoding.DecodeLinear(linear, "bf16")(x)
     assert (got - expected).abs().max() <= TOLERANCE["bf16"] * expected.abs().max()
+
+
+class _FixedLogits:
+    """A `LogitsSource` whose every next token scores 1.05 for token 5, 1.0 for token 6 and 0 for the rest."""
+
+    def next_logits(self, feed: list[int]) -> torch.Tensor:
+        logits = torch.zeros(16)
+        logits[5], logits[6] = 1.05, 1.0
+        return logits
+
+
+@pytest.mark.parametrize(
+    ("penalised", "picked"),
+    [(None, 6), ((), 5), ((5,), 6), ((7, 8), 5)],
+    ids=["whole prompt", "nothing", "token named", "other tokens named"],
+)
+def test_the_repetition_penalty_counts_the_tokens_named_else_the_whole_prompt(penalised, picked):
+    sampling = Sampling(max_new_tokens=1, repetition_penalty=1.1, penalised=penalised)
+    assert list(generate_tokens(_FixedLogits(), [5, 7, 8], sampling, set())) == [picked]  # 1.05 / 1.1 < 1.0
+
+
+def test_the_repetition_penalty_counts_the_reply_own_tokens():
+    sampling = Sampling(max_new_tokens=2, repetition_penalty=1.1, penalised=())
+    assert list(generate_tokens(_FixedLogits(), [7], sampling, set())) == [5, 6]

@@ -83,6 +83,18 @@ def test_prompt_stays_in_window_and_unwritten_turns_stay_in_prompt(make_engine):
     assert engine.stats("a").chunks_trained >= 3
 
 
+def test_a_reply_penalises_what_the_assistant_said_in_the_window_not_the_user(make_engine, scripted_model):
+    engine = make_engine(chunk_tokens=32, window_tokens=96, train_context_tokens=32)
+    scripted_model.play(engine.tokenizer, "The anvil costs nine.", "Nine silver.")
+    history = [{"role": "user", "content": "What does the anvil cost?"}]
+    history.append({"role": "assistant", "content": engine.respond("a", history, Sampling(8)).result().content})
+    assert scripted_model.samplings[-1].penalised == ()  # nothing said yet; the question's words are free
+    history.append({"role": "user", "content": "Again, the anvil's price?"})
+    engine.respond("a", history, Sampling(8)).result()
+    said = engine.renderer.turns(history)[1].tokens
+    assert scripted_model.samplings[-1].penalised == said  # the assistant's turn, template tokens and all: no user's
+
+
 def test_no_turn_is_written_twice_when_chains_resend_history(make_engine):
     engine = make_engine()
     history = []

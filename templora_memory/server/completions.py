@@ -16,7 +16,7 @@ from typing import Any
 from templora_memory.constrained import ANY_OBJECT, closed
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
-from templora_memory.generation import Sampling
+from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.message import Message
 from templora_memory.offer import ToolOffer
 from templora_memory.replies import Reply
@@ -25,8 +25,6 @@ from templora_memory.server.schemas import ChatCompletionRequest, ChatMessage, N
 
 MAX_STOP_STRINGS = 4
 """OpenAI's limit on `stop`."""
-DEFAULT_REPETITION_PENALTY = 1.1
-"""`ParametricMemory`'s default: the 135M default model loops without it."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def _sampling(request: ChatCompletionRequest, engine: MemoryEngine) -> Sampling:
         max_new_tokens=wanted,
         temperature=request.temperature if request.temperature is not None else 0.0,
         top_p=request.top_p if request.top_p is not None else 1.0,
-        repetition_penalty=request.repetition_penalty or DEFAULT_REPETITION_PENALTY,
+        repetition_penalty=request.repetition_penalty or CHAT_REPETITION_PENALTY,
         seed=request.seed,
     )
 

@@ -143,7 +143,8 @@ class ChatCompletionRequest(_Open):
     n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
     logprobs: Literal[False] | None = None
     repetition_penalty: StrictFloat | None = Field(None, ge=1.0)
-    """Not OpenAI's (vLLM and llama.cpp take it too): defaults to 1.1, since small models loop without it."""
+    """Not OpenAI's (vLLM and llama.cpp take it too): defaults to 1.1, since small models loop without it; it counts
+    the assistant's earlier turns and the reply, not the user's words."""
 
 
 class AbsorbRequest(_Open):
