@@ -1,10 +1,10 @@
 """`python -m benchmarks recipes`: compare training recipes from their `locomo` results, one row per run.
 
 A recipe is the training part of a run's config (learning rate, epochs, rank, target modules, KL
-weight, synthetic questions). For each result file this prints what the recipe changed from the
-defaults, the gold-answer NLL per condition, the share of questions on which the adapter beat the
-window alone and the control adapter (the same question, paired), and the training seconds per 1K
-tokens written, so a sweep reads as one table.
+weight, synthetic questions, the probes' distillation, replay and anchors, the write passes). For each
+result file this prints what the recipe changed from the defaults, the gold-answer NLL per condition,
+the share of questions on which the adapter beat the window alone and the control adapter (the same
+question, paired), and the training seconds per 1K tokens written, so a sweep reads as one table.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ RECIPE_FIELDS = (
     "target_modules",
     "kl_weight",
     "synthetic_questions",
+    "probe_questions",
+    "distill_weight",
+    "distill_temperature",
+    "replay_probes",
+    "anchor_probes",
+    "lora_dropout",
+    "train_precision",
+    "context_gradients",
 )
 
 
