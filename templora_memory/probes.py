@@ -9,7 +9,7 @@ student, and the loss is KL(teacher ‖ student) on the probe's answer tokens.
 A 135M model writes poor questions, so probes are built from the user's own statements: each declarative
 sentence the user said becomes an answer in the assistant's voice ("My daughter is called Mira." →
 "Your daughter is called Mira."), asked by several questions (surface forms): generic recall questions
-and a cloze on the sentence's salient span (a name, a number, a place at its end) in the user's own words.
+and a cloze on the sentence's salient span (a name, a number, a place at its end).
 """
 
 from __future__ import annotations
@@ -106,9 +106,9 @@ def salient_span(sentence: str) -> str | None:
     return " ".join(words[-2:]) if len(words) >= 4 else None
 
 
-def cloze(sentence: str, span: str) -> str | None:
-    """ "Remind me: my daughter is called what?" — the user's sentence, in the user's voice, with its span asked for."""
-    head, found, tail = sentence.rstrip(".!").rpartition(span)
+def cloze(restated: str, span: str) -> str | None:
+    """ "Remind me: your daughter is called what?" — the restated sentence with its span asked for."""
+    head, found, tail = restated.rstrip(".!").rpartition(span)
     if not found:
         return None
     asked = f"{head}what{tail}".strip()
@@ -129,7 +129,7 @@ def probes_for(messages: Sequence[Message], count: int, seed: int) -> list[Probe
     for sentence in said:
         answer = restate(sentence)
         span = salient_span(sentence)
-        asked = cloze(sentence, span) if span else None
+        asked = cloze(answer, swap_person(span)) if span else None
         if asked:
             probes.append(Probe(asked, answer))
         probes.append(Probe(rng.choice(RECALL_QUESTIONS), recalled(answer)))

@@ -40,7 +40,7 @@ def test_a_users_statement_is_restated_in_the_assistants_voice():
     assert restate("I am going where I like.") == "You are going where you like."
     assert statements("Is it safe? My horse is at the mill. Yes.") == ["My horse is at the mill."]
     assert salient_span("My daughter is called Mira.") == "Mira" and salient_span("I own 12 sheep.") == "12"
-    assert cloze("My daughter is called Mira.", "Mira") == "Remind me: my daughter is called what?"
+    assert cloze("Your daughter is called Mira.", "Mira") == "Remind me: your daughter is called what?"
 
 
 def test_probes_come_from_user_statements_names_first_and_are_seeded():
@@ -48,7 +48,7 @@ def test_probes_come_from_user_statements_names_first_and_are_seeded():
     answers = {p.answer for p in probes}
     assert "Your daughter is called Mira." in answers and "You have 12 sheep on your farm." in answers
     assert not any("road" in p.answer or "remember" in p.answer for p in probes)  # no questions, no assistant lines
-    assert probes[0] == Probe("Remind me: my daughter is called what?", "Your daughter is called Mira.")
+    assert probes[0] == Probe("Remind me: your daughter is called what?", "Your daughter is called Mira.")
     assert probes_for(TOLD, count=10, seed=1) == probes and len(probes_for(TOLD, count=3, seed=1)) == 3
     assert probes_for(TOLD, count=0, seed=1) == []
 
