@@ -35,6 +35,7 @@ from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.history import AgentChatHistory
 from templora_memory.langchain_messages import from_template, to_template
 from templora_memory.offer import ToolOffer, is_required, offered_tools
+from templora_memory.options import SAMPLING, call_sampling, check_engine_options, settled
 from templora_memory.replies import Reply
 from templora_memory.tools import required_call_grammar
 
@@ -91,11 +92,19 @@ class ParametricMemory(BaseChatModel):
     _engine: MemoryEngine = PrivateAttr()
 
     def __init__(self, *, engine: MemoryEngine | None = None, **kwargs: Any) -> None:
-        """Load the model (or share an existing `MemoryEngine` and its agents)."""
-        super().__init__(**kwargs)
+        """Load the model (or share an existing `MemoryEngine` and its agents).
+
+        `TempLoraConfig` fields may be given at the top level (`ParametricMemory(window_tokens=2048)`), ChatOllama's
+        and OpenAI's names for the same settings are accepted (`num_predict`, `max_completion_tokens`,
+        `repeat_penalty`), and any other unknown keyword raises `InvalidInputError` listing the accepted ones.
+        """
+        config = kwargs.pop("config", None)
+        kwargs, config = settled(kwargs, type(self).model_fields, config, "ParametricMemory")
+        if engine is not None:
+            check_engine_options(engine, kwargs, config, "ParametricMemory")
+        super().__init__(**kwargs, config=config or (engine.config if engine is not None else TempLoraConfig()))
         if engine is not None:
             self._engine = engine
-            self.config = engine.config
         else:
             self._engine = MemoryEngine(self.model, self.config, store=self.store, max_resident=self.max_resident)
 
@@ -247,9 +256,7 @@ class ParametricMemory(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         offer = self._offer(kwargs)
-        stream = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), offer
-        )
+        stream = self._engine.respond(agent_id, to_template(messages), *self._sampling(kwargs, stop), offer)
         for piece in stream:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
@@ -308,9 +315,7 @@ class ParametricMemory(BaseChatModel):
     ) -> ChatResult:
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         offer = self._offer(kwargs)
-        stream = self._engine.respond(
-            agent_id, to_template(messages), self._sampling(kwargs), stop or self.stop or (), offer
-        )
+        stream = self._engine.respond(agent_id, to_template(messages), *self._sampling(kwargs, stop), offer)
         reply = stream.result()
         # the message the engine remembered, so a caller sending it back is recognised as seen
         remembered = from_template(reply.message())
@@ -334,14 +339,11 @@ class ParametricMemory(BaseChatModel):
             self._engine.tokenizer.chat_template,
         )
 
-    def _sampling(self, overrides: dict[str, Any]) -> Sampling:
-        return Sampling(
-            max_new_tokens=overrides.get("max_tokens", self.max_tokens or self.config.max_new_tokens),
-            temperature=overrides.get("temperature", self.temperature),
-            top_p=overrides.get("top_p", self.top_p),
-            repetition_penalty=overrides.get("repetition_penalty", self.repetition_penalty),
-            seed=overrides.get("seed", self.seed),
-        )
+    def _sampling(self, options: dict[str, Any], stop: list[str] | None) -> tuple[Sampling, tuple[str, ...]]:
+        """The call's sampling and stop strings over the model's fields; an unknown option raises."""
+        defaults = {name: getattr(self, name) for name in SAMPLING}
+        calls = {**options, **({"stop": stop} if stop else {})}
+        return call_sampling(calls, defaults, self.config, "ParametricMemory.invoke")
 
     def _metadata(self, agent_id: str, reply: Reply) -> dict[str, Any]:
         stats = self._engine.stats(agent_id)

@@ -24,15 +24,19 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from templora_memory.integrations.llamaindex._messages import call_arguments, from_template, to_template
 
 from templora_memory import InvalidInputError, MemoryEngine, TempLoraConfig
-from templora_memory.generation import Sampling
+from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
+from templora_memory.integrations.llamaindex._messages import call_arguments, from_template, to_template
 from templora_memory.offer import ToolOffer
+from templora_memory.options import SAMPLING, call_sampling, check_engine_options, settled
 from templora_memory.replies import Reply, ReplyStream
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
+
+LLAMAINDEX_NAMES = {"context_window": "window_tokens", "num_output": "max_tokens"}
+"""LlamaIndex's names for settings this LLM has under another name."""
 
 
 class TemploraLLM(FunctionCallingLLM, CustomLLM):
@@ -52,14 +56,30 @@ class TemploraLLM(FunctionCallingLLM, CustomLLM):
     agent_id: str = Field(default="default", description="The agent whose memory answers and remembers.")
     temperature: float = Field(default=0.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
     max_tokens: int | None = Field(default=None, ge=1, description="Reply length cap; None uses the config's.")
-    repetition_penalty: float = Field(default=1.1, ge=1.0, description="Penalty on repeated tokens (1.0: off).")
+    repetition_penalty: float = Field(
+        default=CHAT_REPETITION_PENALTY, ge=1.0, description="Penalty on tokens the assistant already said (1.0: off)."
+    )
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(default=None, description="Seed for sampling, so sampled replies are reproducible.")
+    stop: list[str] | None = Field(default=None, description="Strings that end a reply (not returned).")
+    store: str | None = Field(default=None, description="Directory or s3://bucket/prefix where agents persist.")
+    max_resident: int | None = Field(default=None, ge=1, description="Most adapters in RAM; the rest wait in store.")
 
     _engine: MemoryEngine = PrivateAttr()
 
     def __init__(self, engine: MemoryEngine | None = None, config: TempLoraConfig | None = None, **kwargs: Any) -> None:
-        """Load the model, or share an existing `MemoryEngine` (and its agents)."""
+        """Load the model, or share an existing `MemoryEngine` (and its agents).
+
+        `TempLoraConfig` fields may be given at the top level; LlamaIndex's `context_window` is the prompt window
+        (`window_tokens`, which `metadata.context_window` reports) and `num_output` is `max_tokens`. Any other
+        unknown keyword raises `InvalidInputError` listing the accepted ones.
+        """
+        kwargs = {LLAMAINDEX_NAMES.get(name, name): value for name, value in kwargs.items()}
+        kwargs, config = settled(kwargs, type(self).model_fields, config, "TemploraLLM")
+        if engine is not None:
+            check_engine_options(engine, kwargs, config, "TemploraLLM")
         super().__init__(**kwargs)
-        self._engine = engine or MemoryEngine(self.model, config)
+        self._engine = engine or MemoryEngine(self.model, config, store=self.store, max_resident=self.max_resident)
 
     @classmethod
     def class_name(cls) -> str:
@@ -141,7 +161,7 @@ class TemploraLLM(FunctionCallingLLM, CustomLLM):
         """Start the reply (a bad tool choice or message fails here, before any streaming) and stream it."""
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         offer = self._offer(kwargs)
-        return _responses(self._engine.respond(agent_id, to_template(messages), self._sampling(kwargs), offer=offer))
+        return _responses(self._engine.respond(agent_id, to_template(messages), *self._sampling(kwargs), offer=offer))
 
     def _offer(self, kwargs: dict[str, Any]) -> ToolOffer:
         """Pop a call's tool options (tools, tool_choice, response_format) into the engine's `ToolOffer`."""
@@ -155,23 +175,21 @@ class TemploraLLM(FunctionCallingLLM, CustomLLM):
     def _stream_complete(self, prompt: str, formatted: bool, **kwargs: Any) -> CompletionResponseGen:
         """Completion responses: text so far and the newest piece."""
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
+        sampling, stop = self._sampling(kwargs)
         if formatted:  # raw text with the agent's adapter; nothing is written
-            pieces = self._engine.stream_completion(agent_id, self._engine.encode(prompt), self._sampling(kwargs))
+            pieces = self._engine.stream_completion(agent_id, self._engine.encode(prompt), sampling, stop)
         else:
-            pieces = self._engine.respond(agent_id, [{"role": "user", "content": prompt}], self._sampling(kwargs))
+            pieces = self._engine.respond(agent_id, [{"role": "user", "content": prompt}], sampling, stop)
         text = ""
         for piece in pieces:
             text += piece
             yield CompletionResponse(text=text, delta=piece)
         yield CompletionResponse(text=text, delta="")  # at least one response, even for an empty reply
 
-    def _sampling(self, overrides: dict[str, Any]) -> Sampling:
-        """Sampling settings, a call's keywords over the LLM's fields."""
-        return Sampling(
-            max_new_tokens=overrides.get("max_tokens", self.max_tokens or self._engine.config.max_new_tokens),
-            temperature=overrides.get("temperature", self.temperature),
-            repetition_penalty=overrides.get("repetition_penalty", self.repetition_penalty),
-        )
+    def _sampling(self, options: dict[str, Any]) -> tuple[Sampling, tuple[str, ...]]:
+        """The call's sampling and stop strings (the package's shared rules), its keywords over the LLM's fields."""
+        defaults = {name: getattr(self, name) for name in SAMPLING}
+        return call_sampling(options, defaults, self._engine.config, "TemploraLLM.chat")
 
 
 def _responses(stream: ReplyStream) -> ChatResponseGen:
