@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_agent_id
+from templora_memory.budget import budgeted, check_complete, markup_tokens
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
 from templora_memory.conversation import (
@@ -311,11 +312,13 @@ class MemoryEngine:
             if not state.conversation.turns:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt, turns = self._prompt(state, offer.tools)
-            sampling = replace(sampling, penalised=said_by_assistant(turns))  # it may repeat the user, not itself
-            state.last_prompt_tokens = len(prompt)
+            state.last_prompt_tokens, markup = len(prompt), markup_tokens(offer, self.encode)  # markup not counted
+            budget = budgeted(sampling, markup, self.context_tokens - len(prompt))
+            budget = replace(budget, penalised=said_by_assistant(turns))  # it may repeat the user, not itself
             tool_template = self.tokenizer.chat_template if offer.tools else False
             cache = self._residency.own_cache(state)
-            reply = yield from self._generate(agent_id, prompt, sampling, stop, cache, constraint, tool_template)
+            reply = yield from self._generate(agent_id, prompt, budget, stop, cache, constraint, tool_template)
+            check_complete(reply, constraint, sampling.max_new_tokens, markup)  # a cut-off call is never remembered
             remembered = self._window.render([reply.message()], state.conversation.last_message)
             self._residency.journal(state, remembered)
             state.conversation.append(remembered[0])  # written with the next call's chunks

@@ -27,3 +27,9 @@ class AgentBusyError(StoreError):
 
 class LeaseLostError(StoreError):
     """Another writer took the agent over since this process loaded it; this process's commit was refused."""
+
+
+class ReplyCutOffError(InvalidInputError):
+    """`max_tokens` ended a reply inside a tool call or a JSON value, which would otherwise come back incomplete."""
+
+    param = "max_tokens"

@@ -78,7 +78,7 @@ def as_text_turns(messages: list[Message], tools: list[ToolSchema] | None) -> li
     out: list[Message] = []
     for message in messages:
         if message.get("tool_calls"):
-            blocks = [_call_block(call) for call in message["tool_calls"]]
+            blocks = [_message_call_block(call) for call in message["tool_calls"]]
             text = "\n".join([message["content"], *blocks] if message.get("content") else blocks)
             out.append({"role": "assistant", "content": text})
         elif message["role"] == "tool":
@@ -94,11 +94,15 @@ def as_text_turns(messages: list[Message], tools: list[ToolSchema] | None) -> li
     return out
 
 
-def _call_block(call: dict[str, Any]) -> str:
+def _message_call_block(call: dict[str, Any]) -> str:
     function = call["function"]
     arguments = function["arguments"]
-    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    payload = json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+    return call_block(function["name"], json.loads(arguments) if isinstance(arguments, str) else arguments)
+
+
+def call_block(name: str, arguments: dict[str, Any]) -> str:
+    """One call in the Hermes format: `<tool_call>` tags around the name and arguments as JSON."""
+    payload = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"{HERMES_OPEN}\n{payload}\n{HERMES_CLOSE}"
 
 

@@ -51,7 +51,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         log.info("agent=%r client left before the reply was complete; the reply is not remembered", agent_id)
         return Response(status_code=499)
     except TemploraError as exc:
-        raise from_library(exc) from None
+        raise from_library(exc, param=getattr(exc, "param", None)) from None
     _log_reply(agent_id, reply, started, stream=False)
     return JSONResponse(completion.body(reply), headers={"Server-Timing": live.job.timing()})
 
@@ -74,7 +74,7 @@ async def _events(
     except ApiError as exc:  # headers are sent: the error travels as an event, as OpenAI streams errors
         yield sse(exc.body())
     except TemploraError as exc:
-        yield sse(from_library(exc).body())
+        yield sse(from_library(exc, param=getattr(exc, "param", None)).body())
     finally:
         live.abandon()
     yield DONE
