@@ -12,6 +12,7 @@ from templora_memory.errors import (
     ModelNotFoundError,
     StoreError,
     TemploraError,
+    UnknownAgentError,
 )
 from templora_memory.history import AgentChatHistory
 from templora_memory.store import AgentStore
@@ -30,4 +31,5 @@ __all__ = [
     "StoreError",
     "TempLoraConfig",
     "TemploraError",
+    "UnknownAgentError",
 ]

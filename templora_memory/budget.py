@@ -27,9 +27,10 @@ def markup_tokens(offer: ToolOffer, encode: Callable[[str], list[int]]) -> int:
     return len(encode(call_block(name, {}))) - len(encode("{}"))
 
 
-def budgeted(sampling: Sampling, markup: int, room: int) -> Sampling:
-    """`sampling` with `markup` tokens more to generate, within the `room` the model's context has left."""
-    return replace(sampling, max_new_tokens=max(1, min(sampling.max_new_tokens + markup, room)))
+def budgeted(sampling: Sampling, markup: int, room: int, penalised: tuple[int, ...]) -> Sampling:
+    """`sampling` with `markup` tokens more to generate, within the `room` the model's context has left, and the
+    repetition penalty counting `penalised` (the assistant's own tokens: a reply may repeat the user, not itself)."""
+    return replace(sampling, max_new_tokens=max(1, min(sampling.max_new_tokens + markup, room)), penalised=penalised)
 
 
 def check_complete(reply: Reply, constraint: Constraint | None, max_tokens: int, markup: int) -> None:

@@ -153,8 +153,16 @@ class ParametricMemory(BaseChatModel):
         return self._engine.forget(agent_id)
 
     def stats(self, agent_id: str | None = None) -> AgentStats:
-        """Counters of the agent's memory: tokens written, chunks trained, last loss, window size."""
+        """Counters of the agent's memory: tokens written, chunks trained, last loss, window size.
+
+        Raises `UnknownAgentError` for an agent with no memory (check with `exists`); without an id, the model's
+        own `agent_id` ("default" unless set) is read.
+        """
         return self._engine.stats(agent_id or self.agent_id)
+
+    def exists(self, agent_id: str | None = None) -> bool:
+        """True if the agent (default: the model's own `agent_id`) has a memory."""
+        return self._engine.exists(agent_id or self.agent_id)
 
     def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
         """Copy one agent's memory into a new directory (plain peft adapter files + its state) to move it."""

@@ -18,7 +18,6 @@ import copy
 import os
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -120,12 +119,17 @@ class MemoryEngine:
         """Destroy the agent's adapter and state, in RAM and in the store (Algorithm 1, line 22)."""
         return self._residency.forget(agent_id)
 
+    def exists(self, agent_id: str) -> bool:
+        """True if the agent has a memory, in RAM or in the store (reads of one that has none raise)."""
+        return self._residency.exists(agent_id)
+
     def stats(self, agent_id: str) -> AgentStats:
-        """Counters of the agent's memory (an agent never seen reports zeros and gets no adapter)."""
+        """Counters of the agent's memory; `UnknownAgentError` if it has none (nothing is created)."""
         return self._residency.stats(agent_id)
 
     def window(self, agent_id: str) -> list[Message]:
         """The turns the agent's next prompt would hold (sized next to its system message, which is not returned)."""
+        self._residency.require(agent_id)
         with self._residency.locked(agent_id) as state:
             talk = state.conversation
             return [turn.message for turn in talk.turns[self._window.start(talk.system, talk.turns) :]]
@@ -183,8 +187,7 @@ class MemoryEngine:
             return state.stats()
 
     def wait(self, agent_id: str | None = None) -> None:
-        """Finish writing one agent (or every resident one): its background chunks, swapped in, and every pending
-        token its window no longer holds (what the next reply would write first)."""
+        """Finish writing one agent (or every resident one): background chunks, and pending tokens out of its window."""
         for each in [agent_id] if agent_id is not None else self.resident_ids():
             with self._residency.writing(each) as state:
                 self._writer.finish(state)
@@ -313,8 +316,7 @@ class MemoryEngine:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
             prompt, turns = self._prompt(state, offer.tools)
             state.last_prompt_tokens, markup = len(prompt), markup_tokens(offer, self.encode)  # markup not counted
-            budget = budgeted(sampling, markup, self.context_tokens - len(prompt))
-            budget = replace(budget, penalised=said_by_assistant(turns))  # it may repeat the user, not itself
+            budget = budgeted(sampling, markup, self.context_tokens - len(prompt), said_by_assistant(turns))
             tool_template = self.tokenizer.chat_template if offer.tools else False
             cache = self._residency.own_cache(state)
             reply = yield from self._generate(agent_id, prompt, budget, stop, cache, constraint, tool_template)

@@ -17,6 +17,10 @@ class InvalidInputError(TemploraError, ValueError):
     """A message, agent id or text given by the caller cannot be used as it is."""
 
 
+class UnknownAgentError(TemploraError, LookupError):
+    """A read named an agent that has no memory (a typo, or an agent forgotten); check with `exists()` first."""
+
+
 class StoreError(TemploraError):
     """A persisted agent cannot be read or written."""
 

@@ -26,6 +26,8 @@ class AgentChatHistory(BaseChatMessageHistory):
     @property
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         """The turns the agent's next prompt would hold; older ones live only in its adapter."""
+        if not self.engine.exists(self.agent_id):
+            return []  # a new session starts empty
         return [from_template(m) for m in self.engine.window(self.agent_id)]
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:

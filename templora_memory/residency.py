@@ -22,7 +22,7 @@ from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agen
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.distill import TaughtProbe
-from templora_memory.errors import ConfigError, LeaseLostError, StoreError
+from templora_memory.errors import ConfigError, LeaseLostError, StoreError, UnknownAgentError
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.message import Turn
 from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, store_key
@@ -121,9 +121,25 @@ class Residency:
         with self._lock:
             return list(self._agents)
 
-    def stats(self, agent_id: str) -> AgentStats:
-        """The agent's counters, read from RAM or from its stored record without loading it (zeros if unknown)."""
+    def exists(self, agent_id: str) -> bool:
+        """True if the agent has a memory, in RAM or in the store."""
         check_agent_id(agent_id)
+        with self._lock:
+            if agent_id in self._agents:
+                return True
+        return self.store is not None and self.store.has(store_key(agent_id))
+
+    def require(self, agent_id: str) -> None:
+        """Raise `UnknownAgentError` if the agent has no memory (a read must not create one)."""
+        if not self.exists(agent_id):
+            raise UnknownAgentError(
+                f"agent {agent_id[:80]!r} has no memory: no turn was ever written for it (or it was forgotten); "
+                "check the id, or `exists()` first (agent_ids() lists the agents that have one)"
+            )
+
+    def stats(self, agent_id: str) -> AgentStats:
+        """The agent's counters, read from RAM or from its stored record without loading it."""
+        self.require(agent_id)
         state = self._agents.get(agent_id)
         if state is None and self.store is not None and self.store.has(store_key(agent_id)):
             record = self.store.record(store_key(agent_id))

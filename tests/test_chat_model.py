@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from templora_memory import ModelNotFoundError
+from templora_memory import ModelNotFoundError, UnknownAgentError
 from templora_memory.generation import StopDecoder
 from templora_memory.loading import load_model
 
@@ -31,7 +31,7 @@ def test_history_writes_turns_reads_the_window_and_clear_forgets(tiny_memory):
     window = history.messages
     assert 0 < len(window) < 16 and [m.content for m in window] == [m.content for m in turns[-len(window) :]]
     history.clear()
-    assert tiny_memory.stats("npc").turns_seen == 0 and history.messages == []
+    assert not tiny_memory.exists("npc") and history.messages == []
 
 
 def test_stop_decoder_cuts_at_the_stop_string_and_holds_back_partial_matches(tokenizer):
@@ -54,3 +54,11 @@ def test_missing_model_says_how_to_fix_it(tmp_path):
         load_model(str(tmp_path / "no-such-model"))
     with pytest.raises(ModelNotFoundError, match="GGUF file not found"):
         load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_a_call_without_an_agent_id_uses_the_default_agent(tiny_memory):
+    assert not tiny_memory.exists() and tiny_memory.agent_id == "default"
+    with pytest.raises(UnknownAgentError, match="'default' has no memory"):
+        tiny_memory.stats()
+    tiny_memory.invoke("Hello there!")
+    assert tiny_memory.exists("default") and tiny_memory.stats().turns_seen == 2

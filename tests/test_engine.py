@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from templora_memory import InvalidInputError, TempLoraConfig
+from templora_memory import InvalidInputError, TempLoraConfig, UnknownAgentError
 from templora_memory.generation import Sampling
 from templora_memory.trainer import IGNORE_INDEX, build_example, learning_rate
 
@@ -139,7 +139,7 @@ def test_forget_destroys_the_adapter_and_frees_its_weights(make_engine):
     assert engine.forget("a") is True
     assert name not in engine.bank.model.peft_config
     assert sum(p.numel() for p in engine.bank.model.parameters()) == before
-    assert engine.stats("a").tokens_written == 0 and engine.forget("a") is False
+    assert not engine.exists("a") and engine.forget("a") is False
 
 
 def test_absorb_writes_all_text_before_the_first_turn(make_engine):
@@ -172,3 +172,15 @@ def test_bad_inputs_raise_clear_errors(make_engine):
         engine.add_turns("a", [{"role": "user", "content": "word " * 200}])
     with pytest.raises(InvalidInputError, match="no conversation turn"):
         list(engine.respond("fresh", [{"role": "system", "content": "hi"}], Sampling(max_new_tokens=2)))
+
+
+def test_reads_of_an_unknown_agent_raise_and_create_nothing(make_engine):
+    engine = make_engine()
+    assert not engine.exists("typo")
+    with pytest.raises(UnknownAgentError, match="'typo' has no memory.*exists"):
+        engine.stats("typo")
+    with pytest.raises(UnknownAgentError):
+        engine.window("typo")
+    assert not engine.exists("typo") and engine.agent_ids() == []
+    engine.add_turns("known", _turns(2))
+    assert engine.exists("known") and engine.stats("known").turns_seen == 2

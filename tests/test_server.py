@@ -278,7 +278,7 @@ def test_bad_input_gets_its_4xx_in_openai_shape_and_the_server_keeps_serving(mak
         assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error", name
         assert error["param"] == param and error["message"], (name, error)
         assert "Traceback" not in response.text and 'File "' not in response.text
-    assert engine.stats("npc").turns_seen == 0  # no refused request wrote anything
+    assert engine.agent("npc").stats.turns_seen == 0  # no refused request wrote anything
     assert post(server, GOOD).json()["choices"][0]["message"]["content"] == "Still here."
     assert engine.stats("npc").turns_seen == 2
 
@@ -300,7 +300,7 @@ def test_the_api_key_is_required_when_set(make_engine, scripted_model, start_ser
     assert httpx.get(f"{server.url}/v1/agents/npc").status_code == 401
     with pytest.raises(openai.AuthenticationError):
         client(server, "npc").chat.completions.create(model="m", messages=[user("Hi")])
-    assert engine.stats("npc").turns_seen == 0
+    assert engine.agent("npc").stats.turns_seen == 0
     npc = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret", default_headers={"X-Agent-Id": "npc"})
     assert npc.chat.completions.create(model="m", messages=[user("Hi")]).choices[0].message.content == "Hello, friend."
     assert httpx.get(f"{server.url}/health").status_code == 200  # health needs no key
@@ -338,7 +338,7 @@ def test_a_full_queue_answers_429_with_retry_after(make_engine, scripted_model, 
     for thread in threads:
         thread.join(30)
     assert sorted(r.status_code for r in results) == [200, 200]
-    assert engine.stats("c").turns_seen == 0 and post(server, GOOD, "c").status_code == 200
+    assert engine.agent("c").stats.turns_seen == 0 and post(server, GOOD, "c").status_code == 200
 
 
 def test_calls_for_one_agent_run_in_order_and_other_agents_take_turns(make_engine, scripted_model, gate, start_server):
@@ -455,7 +455,10 @@ def test_memory_routes_stats_absorb_forget(make_engine, scripted_model, start_se
     assert httpx.post(f"{agents}/sage/absorb", json={"text": "   "}).json()["error"]["param"] == "text"
     assert [a["id"] for a in httpx.get(agents).json()["data"]] == ["sage"]
     assert httpx.delete(f"{agents}/sage").json() == {"id": "sage", "object": "agent.deleted", "deleted": True}
-    assert httpx.get(f"{agents}/sage").json()["turns_seen"] == 0 and engine.agent_ids() == []
+    gone = httpx.get(f"{agents}/sage")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "agent_not_found" and engine.agent_ids() == []
+    assert httpx.delete(f"{agents}/sage").status_code == 404  # deleting again: no agent, not "deleted: false"
+    assert httpx.get(f"{agents}/typo").json()["error"]["param"] == "agent_id"
     assert httpx.get(f"{agents}/..%2Fx").status_code == 404  # a path separator never reaches an agent route
     assert httpx.get(f"{agents}/.hidden").json()["error"]["code"] == "invalid_agent_id"
 

@@ -51,6 +51,8 @@ class TemploraMemory(BaseMemory):
 
     def get(self, input: str | None = None, **kwargs: Any) -> list[ChatMessage]:
         """The turns the agent's next prompt holds (system message included)."""
+        if not self._engine.exists(self.agent_id):
+            return []  # a new agent's memory starts empty
         return [from_template(m) for m in self._engine.window(self.agent_id)]
 
     def get_all(self) -> list[ChatMessage]:

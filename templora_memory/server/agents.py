@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 
 from templora_memory.agent import AgentStats
 from templora_memory.engine import MemoryEngine
-from templora_memory.errors import InvalidInputError, StoreError, TemploraError
+from templora_memory.errors import InvalidInputError, StoreError, TemploraError, UnknownAgentError
 from templora_memory.server.bridge import Deadline, submit, wait_job
 from templora_memory.server.chat import checked_agent_id
 from templora_memory.server.http_errors import ApiError, from_library
@@ -45,21 +45,31 @@ async def list_agents(request: Request) -> dict:
 
 @router.get("/{agent_id}")
 async def agent_stats(agent_id: str, request: Request) -> dict:
-    """The agent's memory counters (zeros for an agent never seen), and whether an absorb is under way."""
+    """The agent's memory counters and whether an absorb is under way; 404 for an agent with no memory."""
     service = request.app.state.service
     checked_agent_id(agent_id, "agent_id")
-    stats = await asyncio.to_thread(service.engine.stats, agent_id)
+    try:
+        stats = await asyncio.to_thread(service.engine.stats, agent_id)
+    except UnknownAgentError as exc:
+        raise _not_found(exc) from None
     return agent_body(service, stats)
 
 
 @router.delete("/{agent_id}")
 async def forget_agent(agent_id: str, request: Request) -> dict:
-    """Destroy the agent's adapter and state, in RAM and in the store."""
+    """Destroy the agent's adapter and state, in RAM and in the store; 404 for an agent with no memory."""
     service = request.app.state.service
     checked_agent_id(agent_id, "agent_id")
     deleted = await _run(request, agent_id, "forget", lambda stop: service.engine.forget(agent_id))
     service.absorb_errors.pop(agent_id, None)
-    return {"id": agent_id, "object": "agent.deleted", "deleted": deleted}
+    if not deleted:
+        raise _not_found(UnknownAgentError(f"agent {agent_id[:80]!r} has no memory to delete"))
+    return {"id": agent_id, "object": "agent.deleted", "deleted": True}
+
+
+def _not_found(exc: UnknownAgentError) -> ApiError:
+    """404 for an agent with no memory (GET /v1/agents lists the agents that have one)."""
+    return ApiError(404, f"{exc}; GET /v1/agents lists the agents", param="agent_id", code="agent_not_found")
 
 
 @router.post("/{agent_id}/absorb", status_code=202)
