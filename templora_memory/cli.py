@@ -1,51 +1,65 @@
 """The `templora-memory` command: chat with an agent, serve agents over HTTP, or run the demo.
 
-Benchmarks: `python -m benchmarks`.
+Benchmarks: `python -m benchmarks`. Heavy libraries (torch, transformers, LangChain) are imported only once a
+command runs, so `--help` and `--version` answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import logging
 import os
+import socket
 import sys
+import warnings
 
-from templora_memory.config import add_config_options, config_from_args
+from templora_memory.config import DEMO_CONFIG, add_config_options, config_from_args
 from templora_memory.errors import TemploraError
 
 
 def _chat(args: argparse.Namespace) -> None:
     from templora_memory.chat_model import ParametricMemory
+    from templora_memory.repl import Repl
 
-    memory = ParametricMemory(model=args.model, config=config_from_args(args), agent_id=args.agent)
-    system = [("system", args.system)] if args.system else []
-    print(f"Chatting with agent '{args.agent}' on {memory.model_name}. Ctrl-D or /quit to leave.")
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            break
-        if line in ("/quit", "/exit"):
-            break
-        if not line:
-            continue
-        print(f"{args.agent}> ", end="", flush=True)
-        usage = None
-        for chunk in memory.stream([*system, ("human", line)]):
-            print(chunk.content, end="", flush=True)
-            usage = chunk.usage_metadata or usage
-        stats = memory.stats(args.agent)
-        print(
-            f"\n  [prompt {usage['input_tokens']} tokens | chunks trained {stats.chunks_trained} | "
-            f"written {stats.tokens_written} | pending {stats.tokens_pending}]"
-        )
+    memory = ParametricMemory(model=args.model, config=config_from_args(args), agent_id=args.agent, store=args.store)
+    Repl(memory, args.system).run()
 
 
 def _demo(args: argparse.Namespace) -> None:
     from templora_memory.demo import run_demo
 
     run_demo(model=args.model, config=config_from_args(args))
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Before any model loads: torch's thread count, and library warnings kept out of the dialogue and the logs."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' deprecations, not the user's to fix
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the model loads (a minute on a CPU) if the port is taken, as uvicorn would only after."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise TemploraError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another server may be running there; "
+                "pass --port with a free port (or stop the other server)"
+            ) from None
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -76,6 +90,7 @@ def _serve(args: argparse.Namespace) -> None:
             "set TEMPLORA_API_KEY",
             args.host,
         )
+    _check_port(args.host, args.port)
     if args.ray:
         _serve_on_ray(args, settings)
         return
@@ -126,32 +141,33 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--ray", action="store_true", help="serve on Ray Serve, agents spread over replicas (ray extra)")
     serve.add_argument("--replicas", type=int, default=2, help="model replicas with --ray (default: 2)")
     add_config_options(serve)
-    serve.set_defaults(run=_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="templora-memory", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    chat = commands.add_parser("chat", help="talk to an agent in a REPL; shows prompt size and chunks trained")
+    chat = commands.add_parser("chat", help="talk to an agent in a REPL (/help inside lists its commands)")
     chat.add_argument("--agent", default="default", help="agent id (each has its own adapter)")
     chat.add_argument("--system", default="", help="system message for the agent")
     chat.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
+    chat.add_argument("--store", default=None, help="directory or s3://bucket/prefix to keep the memory in (RAM only)")
     add_config_options(chat)
-    chat.set_defaults(run=_chat)
     serve = commands.add_parser("serve", help="serve agents over HTTP, OpenAI-compatible (the `server` extra)")
     _add_serve_options(serve)
     demo = commands.add_parser("demo", help="an NPC dialogue longer than the window, recalled from the adapter")
     demo.add_argument("--model", default=None, help="local dir, cached HF id or .gguf (default: embedded SmolLM2)")
-    from templora_memory.demo import DEMO_CONFIG
-
     add_config_options(demo, **DEMO_CONFIG)
-    demo.set_defaults(run=_demo)
+    for command, runner in ((chat, _chat), (serve, _serve), (demo, _demo)):
+        command.add_argument("--threads", type=int, default=None, help="CPU threads torch uses (default: all cores)")
+        command.set_defaults(run=runner, parser=command)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; a `TemploraError` is printed as `error: ...` with exit status 2 (the CLI's boundary)."""
     try:
+        _prepare(args)
         args.run(args)
     except TemploraError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -160,7 +176,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    """Parse and run; an unknown option is reported with the usage of the sub-command it was given to."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return run(args)
+
+
+def _version() -> str:
+    """The installed package's version (a checkout that is not installed says so)."""
+    try:
+        return importlib.metadata.version("templora-memory")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from templora_memory.errors import ConfigError
 
 ALL_LINEAR = "all-linear"
+DEMO_CONFIG = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=40)
+"""`templora-memory demo`'s window is small, so the dialogue outgrows it within minutes on a CPU (default recipe)."""
 
 
 class TempLoraConfig(BaseModel):

@@ -5,17 +5,9 @@ from __future__ import annotations
 import math
 
 from templora_memory.chat_model import ParametricMemory
-from templora_memory.config import TempLoraConfig
+from templora_memory.config import DEMO_CONFIG, TempLoraConfig
 from templora_memory.conversation import said_by_assistant
 from templora_memory.generation import Sampling
-
-DEMO_CONFIG = dict(
-    window_tokens=256,
-    chunk_tokens=128,
-    train_context_tokens=128,
-    max_new_tokens=40,
-)
-"""A small window so that the dialogue outgrows it within minutes on a CPU; the write recipe is the default one."""
 
 AGENT = "bram-the-innkeeper"
 SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the traveller briefly and in character."
