@@ -1,21 +1,28 @@
-"""`TempLoraConfig`: every knob of the Temp-Lora algorithm, validated at construction."""
+"""`TempLoraConfig`: every knob of the Temp-Lora algorithm, validated at construction, settable from the environment.
+
+Each field is also read from `TEMPLORA_<FIELD>` (pydantic-settings: `TEMPLORA_WINDOW_TOKENS=2048`); a value passed
+in Python or on the command line wins over the environment, which wins over the default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import typing
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from templora_memory.errors import ConfigError
 
 ALL_LINEAR = "all-linear"
+ENV_PREFIX = "TEMPLORA_"
 DEMO_CONFIG = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=40)
 """`templora-memory demo`'s window is small, so the dialogue outgrows it within minutes on a CPU (default recipe)."""
 
 
-class TempLoraConfig(BaseModel):
+class TempLoraConfig(BaseSettings):
     """Hyper-parameters of Temp-Lora (Wang et al., Algorithm 1), with defaults measured on a 2-core CPU.
 
     The paper's values target a 7B model on a GPU; the defaults here are chosen for the
@@ -27,7 +34,9 @@ class TempLoraConfig(BaseModel):
         256
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, env_prefix=ENV_PREFIX, env_ignore_empty=True
+    )
 
     chunk_tokens: int = Field(512, ge=16, le=32768)
     """Δ: tokens written into the adapter per training update (paper: 1024)."""
@@ -73,8 +82,9 @@ class TempLoraConfig(BaseModel):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the LoRA input during training (paper: 0.05). Off by default: on a CPU, drawing the masks (one per
     LoRA module and pass) is slow (writes 1.23x faster without), and recall held without it (README)."""
-    target_modules: list[str] | Literal["all-linear"] = ALL_LINEAR
-    """Modules that get a LoRA: "all-linear" or module names (paper: all linear layers but the LM head)."""
+    target_modules: Annotated[list[str] | Literal["all-linear"], NoDecode] = ALL_LINEAR
+    """Modules that get a LoRA: "all-linear" or module names, a list or comma-separated (paper: all linear layers but
+    the LM head)."""
     deployment: Literal["cascaded", "parallel"] = "cascaded"
     """Paper §3.2: "cascaded" trains each full chunk before the next reply; "parallel" trains it in a background
     thread on a copy of the base model while replies keep using the previous adapter (one extra model in RAM)."""
@@ -107,6 +117,12 @@ class TempLoraConfig(BaseModel):
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)
     """Seed for each agent's LoRA initialisation and dropout, so runs are reproducible."""
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        """ "q_proj,v_proj" (the environment's and the command line's form) as a list of module names."""
+        return _modules(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> TempLoraConfig:
@@ -155,30 +171,41 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["loc"]:
             field = ".".join(str(part) for part in error["loc"])
-            message = f"{field}={error.get('input')!r}: {message}"
+            source = f" (from ${env_var(field)})" if env_var(field) in os.environ else ""
+            message = f"{field}={error.get('input')!r}{source}: {message}"
         lines.append(message)
     return "invalid TempLoraConfig: " + "; ".join(lines)
 
 
+def env_var(field: str) -> str:
+    """The environment variable a config field is read from: `TEMPLORA_WINDOW_TOKENS` for `window_tokens`."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
 def add_config_options(parser: argparse.ArgumentParser, **defaults: object) -> None:
-    """One `--field-name` option per `TempLoraConfig` field, documented by the field's docstring."""
-    group = parser.add_argument_group("Temp-Lora config")
+    """One `--field-name` option per `TempLoraConfig` field, documented by the field's docstring; `defaults` are the
+    command's own (below the environment). An option not given leaves the field to the environment or default."""
+    group = parser.add_argument_group("Temp-Lora config (each also from $TEMPLORA_<FIELD>)")
     for name, field in TempLoraConfig.model_fields.items():
         default = defaults.get(name, field.default)
-        flag, text = f"--{name.replace('_', '-')}", f"{field.description} (default: {default})".replace("%", "%%")
+        help_text = f"{field.description} (default: {default}; ${env_var(name)})".replace("%", "%%")
+        flag, options = f"--{name.replace('_', '-')}", dict(default=argparse.SUPPRESS, help=help_text)
         if field.annotation is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
             continue
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
-        kind = field.annotation if field.annotation in (int, float) else str if choices else _modules
-        group.add_argument(flag, type=kind, choices=choices, default=default, help=text)
+        kind = field.annotation if field.annotation in (int, float) else str
+        group.add_argument(flag, type=kind, choices=choices, **options)
+    parser.set_defaults(config_defaults=defaults)
 
 
 def config_from_args(args: argparse.Namespace) -> TempLoraConfig:
-    """Build the config from the options `add_config_options` added."""
-    return TempLoraConfig(**{name: getattr(args, name) for name in TempLoraConfig.model_fields})
+    """The config from the options given, over the environment, over the command's defaults, over the fields'."""
+    defaults = {k: v for k, v in getattr(args, "config_defaults", {}).items() if env_var(k) not in os.environ}
+    given = {name: getattr(args, name) for name in TempLoraConfig.model_fields if hasattr(args, name)}
+    return TempLoraConfig(**{**defaults, **given})
 
 
 def _modules(value: str) -> str | list[str]:
-    """`--target-modules`: "all-linear" or comma-separated module names."""
+    """ "all-linear" or comma-separated module names."""
     return value if value == ALL_LINEAR else [m.strip() for m in value.split(",") if m.strip()]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from templora_memory import MemoryEngine, ParametricMemory, TempLoraConfig
+from templora_memory.config import env_var
 from tests.tiny import HERMES, tiny_model, tiny_tokenizer
 
 TINY_CONFIG = dict(chunk_tokens=32, window_tokens=96, train_context_tokens=32, max_new_tokens=8, learning_rate=1e-2)
@@ -20,6 +21,13 @@ TINY_CONFIG = dict(chunk_tokens=32, window_tokens=96, train_context_tokens=32, m
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Model conversions go to one per-session cache, never the user's home."""
     monkeypatch.setenv("TEMPLORA_CACHE_DIR", str(tmp_path_factory.getbasetemp().parent / "templora-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_config_from_the_environment(monkeypatch):
+    """A developer's TEMPLORA_<FIELD> variables do not reach the tests' configs."""
+    for name in TempLoraConfig.model_fields:
+        monkeypatch.delenv(env_var(name), raising=False)
 
 
 @pytest.fixture(scope="session")

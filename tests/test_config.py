@@ -41,3 +41,34 @@ def test_defaults_fit_the_default_model_and_round_trip_as_json():
 def test_every_field_is_documented():
     for name, field in TempLoraConfig.model_fields.items():
         assert field.description, f"{name} has no docstring"
+
+
+def test_every_field_is_read_from_the_environment_below_explicit_values(monkeypatch):
+    from templora_memory.cli import build_parser
+    from templora_memory.config import config_from_args, env_var
+
+    assert env_var("window_tokens") == "TEMPLORA_WINDOW_TOKENS"
+    monkeypatch.setenv("TEMPLORA_WINDOW_TOKENS", "2048")
+    monkeypatch.setenv("TEMPLORA_TARGET_MODULES", "q_proj, v_proj")
+    monkeypatch.setenv("TEMPLORA_CACHE_REUSE", "true")
+    config = TempLoraConfig()
+    assert (config.window_tokens, config.target_modules, config.cache_reuse) == (2048, ["q_proj", "v_proj"], True)
+    assert TempLoraConfig(window_tokens=512).window_tokens == 512  # Python wins over the environment
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["chat", "--window-tokens", "640"])).window_tokens == 640  # so does the CLI
+    demo = config_from_args(parse(["demo"]))
+    assert (demo.window_tokens, demo.chunk_tokens) == (2048, 128)  # the environment wins over the demo's defaults
+    monkeypatch.setenv("TEMPLORA_EPOCHS", "many")
+    with pytest.raises(ConfigError, match=r"epochs='many' \(from \$TEMPLORA_EPOCHS\)"):
+        TempLoraConfig()
+
+
+def test_every_config_field_is_in_the_readme_table():
+    from pathlib import Path
+
+    from templora_memory.config import env_var
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for name in TempLoraConfig.model_fields:
+        row = f"| `{env_var(name)}` | `--{name.replace('_', '-')}` | `{name}` |"
+        assert row in readme, row
