@@ -10,10 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain.agents.middleware import AgentMiddleware, AgentState
 from langchain_core.messages import AnyMessage, RemoveMessage, SystemMessage, ToolMessage
-from langgraph.graph.message import REMOVE_ALL_MESSAGES
-from langgraph.runtime import Runtime
+
+try:
+    from langchain.agents.middleware import AgentMiddleware, AgentState
+    from langgraph.graph.message import REMOVE_ALL_MESSAGES
+    from langgraph.runtime import Runtime
+except ModuleNotFoundError as exc:
+    raise ModuleNotFoundError(
+        f"ParametricMemoryMiddleware needs the langchain extra ({exc.name} is missing): "
+        'pip install "templora-memory[langchain]"',
+        name=exc.name,
+    ) from None
 
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory
 from templora_memory.langchain_messages import to_template

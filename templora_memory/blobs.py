@@ -68,6 +68,11 @@ class Blobs(ABC):
         return f"{self.url.rstrip('/')}/{path}"
 
 
+def missing_credentials(exc: BaseException) -> bool:
+    """True for botocore's errors saying no (or only part of the) AWS credentials were found."""
+    return type(exc).__name__ in ("NoCredentialsError", "PartialCredentialsError")
+
+
 def open_blobs(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Blobs:
     """The back-end for `url`: a local directory (a path or file://) or s3://bucket/prefix."""
     text = os.fspath(url)

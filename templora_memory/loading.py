@@ -54,20 +54,28 @@ def load_model(model: str | None = None) -> tuple[PreTrainedModel, PreTrainedTok
     elif model.endswith(".gguf"):
         directory, name = _converted_gguf(Path(model)), Path(model).stem
     else:
-        directory, name = model, model
+        directory, name = str(Path(model).expanduser()) if model.startswith("~") else model, model
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         lm = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
-    except OSError as exc:
-        raise ModelNotFoundError(
-            f"cannot load model '{model}' offline ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); "
-            "pass a local directory with config, weights and tokenizer, a cached Hugging Face id, "
-            f"or leave model unset to use the embedded default ({INSTALL_HINT})"
-        ) from None
+    except (OSError, ValueError) as exc:  # ValueError: huggingface_hub's "Repo id must be in the form ..."
+        raise ModelNotFoundError(_not_loaded(model, directory, exc)) from None
     if not tokenizer.chat_template:
         raise ModelNotFoundError(f"model '{model}' has no chat template; use an instruction-tuned model that ships one")
     lm.eval()
     return lm, tokenizer, name
+
+
+def _not_loaded(model: str, directory: str, exc: Exception) -> str:
+    """Why `model` did not load, and what to pass instead."""
+    fix = (
+        "pass a local directory with config.json, the weights and the tokenizer, a Hugging Face id already in the "
+        "local cache (nothing is downloaded), a .gguf file, or leave model unset for the embedded default "
+        f"({INSTALL_HINT})"
+    )
+    if not Path(directory).exists():
+        return f"model {model!r}: no such directory, and no Hugging Face model of that id in the local cache; {fix}"
+    return f"cannot load model {model!r} ({exc.__class__.__name__}: {str(exc).splitlines()[0]}); {fix}"
 
 
 def _converted_gguf(gguf: Path) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from templora_memory.adapter_files import ADAPTER_WEIGHTS, WEIGHT_FILES, Weights, decode_weights, encode_weights
-from templora_memory.blobs import Tag, open_blobs
+from templora_memory.blobs import Tag, missing_credentials, open_blobs
 from templora_memory.errors import LeaseLostError, StoreError
 from templora_memory.lease import Lease, Leases
 
@@ -112,6 +112,14 @@ class AgentStore:
             self._open()
         except OSError as exc:
             raise StoreError(f"cannot open the store at {self.url} ({exc}); check it exists and is writable") from exc
+        except Exception as exc:
+            if not missing_credentials(exc):
+                raise
+            raise StoreError(
+                f"the store at {self.url} needs S3 credentials and found none: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL_S3 for an S3-compatible server "
+                "(MinIO, ...), or pass storage_options={'key': ..., 'secret': ..., 'endpoint_url': ...}"
+            ) from None
 
     @classmethod
     def temporary(cls) -> AgentStore:

@@ -3,7 +3,16 @@
 Install with the `llamaindex` extra: `pip install "templora-memory[llamaindex]"`.
 """
 
-from templora_memory.integrations.llamaindex.llms import TemploraLLM
-from templora_memory.integrations.llamaindex.memory import TemploraMemory, TemploraMemoryBlock
+try:
+    from templora_memory.integrations.llamaindex.llms import TemploraLLM
+    from templora_memory.integrations.llamaindex.memory import TemploraMemory, TemploraMemoryBlock
+except ModuleNotFoundError as exc:
+    if not (exc.name or "").startswith("llama_index"):
+        raise
+    raise ModuleNotFoundError(
+        f"the LlamaIndex integration needs the llamaindex extra ({exc.name} is missing): "
+        'pip install "templora-memory[llamaindex]"',
+        name=exc.name,
+    ) from None
 
 __all__ = ["TemploraLLM", "TemploraMemory", "TemploraMemoryBlock"]
