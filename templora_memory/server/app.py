@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import ConfigError
-from templora_memory.server import agents, chat
+from templora_memory.server import agents, chat, text
 from templora_memory.server.guard import Guard
 from templora_memory.server.http_errors import install_handlers
 from templora_memory.server.scheduler import Scheduler
@@ -98,6 +98,7 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
         origins = list(settings.cors_origins)
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     app.include_router(chat.router)
+    app.include_router(text.router)
     app.include_router(agents.router)
     app.add_api_route("/health", health, methods=["GET"])
     return app

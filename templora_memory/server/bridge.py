@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from templora_memory.engine import MemoryEngine
 from templora_memory.replies import Reply
-from templora_memory.server.completions import ReplyCall
+from templora_memory.server.completions import ReplyCall, TextCall
 from templora_memory.server.http_errors import ApiError
 from templora_memory.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
 
@@ -115,14 +115,19 @@ class LiveReply:
     """One reply generated on a worker and read on the event loop: text pieces, then the parsed `Reply`."""
 
     def __init__(
-        self, scheduler: Scheduler, engine: MemoryEngine, agent_id: str, call: ReplyCall, deadline: Deadline
+        self,
+        scheduler: Scheduler,
+        engine: MemoryEngine,
+        agent_id: str | None,
+        call: ReplyCall | TextCall,
+        deadline: Deadline,
     ) -> None:
         """Queue the reply at once (429 / 503 if it cannot be queued)."""
         self._loop = asyncio.get_running_loop()
         self._pieces: asyncio.Queue = asyncio.Queue()
         self._scheduler, self._engine, self._call = scheduler, engine, call
         self.agent_id, self.deadline = agent_id, deadline
-        self.job = submit(scheduler, agent_id, "chat", self._work)
+        self.job = submit(scheduler, agent_id or "", "chat", self._work)
 
     async def next_piece(self, watch_client: bool = True) -> str | None:
         """The next text piece, or None once the reply is complete; 504 past the deadline, `ClientGone` if the
@@ -172,13 +177,17 @@ def _outcome_ready(job: Job) -> bool:
 
 
 def stream_reply(
-    engine: MemoryEngine, agent_id: str, call: ReplyCall, stop: threading.Event, put: Callable[[str], None]
+    engine: MemoryEngine,
+    agent_id: str | None,
+    call: ReplyCall | TextCall,
+    stop: threading.Event,
+    put: Callable[[str], None],
 ) -> Reply:
     """Generate the reply, handing each piece to `put`; once `stop` is set, close it (then it is not remembered).
 
     The stream is closed on this thread whatever happens: the agent's lock belongs to it.
     """
-    stream = engine.respond(agent_id, call.messages, call.sampling, call.stop, call.offer)
+    stream = call.start(engine, agent_id)
     finished = False
     try:
         for piece in stream:

@@ -125,11 +125,9 @@ async def list_models(request: Request) -> dict:
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict:
-    """The served model by its id; any other id is a 404."""
-    model = _model(request)
-    if model_id != model["id"]:
-        raise ApiError(404, f"model {model_id[:80]!r} is not served here; this server runs {model['id']!r}")
-    return model
+    """The served model, by any name: as chat and completions accept any `model` and answer with the one model
+    this server runs (each response names it), so does this route."""
+    return _model(request)
 
 
 def _model(request: Request) -> dict:

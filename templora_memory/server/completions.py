@@ -19,9 +19,16 @@ from templora_memory.errors import InvalidInputError
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.message import Message
 from templora_memory.offer import ToolOffer
-from templora_memory.replies import Reply
+from templora_memory.replies import Reply, ReplyStream
 from templora_memory.server.http_errors import ApiError
-from templora_memory.server.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice, ResponseFormat, ToolCall
+from templora_memory.server.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCall,
+)
 
 MAX_STOP_STRINGS = 4
 """OpenAI's limit on `stop`."""
@@ -36,13 +43,30 @@ class ReplyCall:
     stop: tuple[str, ...]
     offer: ToolOffer
 
+    def start(self, engine: MemoryEngine, agent_id: str | None) -> ReplyStream:
+        """Write the new turns and start the reply (on the worker that will stream it)."""
+        return engine.respond(agent_id, self.messages, self.sampling, self.stop, self.offer)
+
+
+@dataclass(frozen=True)
+class TextCall:
+    """The arguments of `MemoryEngine.stream_completion` for one `/v1/completions` request (nothing is written)."""
+
+    prompt: list[int]
+    sampling: Sampling
+    stop: tuple[str, ...]
+
+    def start(self, engine: MemoryEngine, agent_id: str | None) -> ReplyStream:
+        """Start completing the prompt with the agent's adapter (None: the base model)."""
+        return engine.stream_completion(agent_id, self.prompt, self.sampling, self.stop)
+
 
 def prepare(request: ChatCompletionRequest, engine: MemoryEngine) -> ReplyCall:
     """Map a validated request onto the engine; a value the engine cannot honour is an `ApiError` (400)."""
     return ReplyCall(
         messages=[_engine_message(message, index) for index, message in enumerate(request.messages)],
-        sampling=_sampling(request, engine),
-        stop=_stop_strings(request.stop),
+        sampling=sampling_of(request, engine),
+        stop=stop_strings(request.stop),
         offer=_offer(request, engine),
     )
 
@@ -71,7 +95,7 @@ def _engine_call(call: ToolCall, param: str) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
 
 
-def _sampling(request: ChatCompletionRequest, engine: MemoryEngine) -> Sampling:
+def sampling_of(request: ChatCompletionRequest | CompletionRequest, engine: MemoryEngine) -> Sampling:
     """Reply length and sampling; greedy unless a temperature is given."""
     param = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     wanted = request.max_completion_tokens or request.max_tokens or engine.config.max_new_tokens
@@ -92,7 +116,7 @@ def _sampling(request: ChatCompletionRequest, engine: MemoryEngine) -> Sampling:
     )
 
 
-def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     """`stop` as a tuple of non-empty strings (at most four, as OpenAI allows)."""
     strings = [stop] if isinstance(stop, str) else list(stop or [])
     if len(strings) > MAX_STOP_STRINGS:

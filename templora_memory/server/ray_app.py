@@ -200,7 +200,7 @@ def agent_of(call: dict[str, Any]) -> str | None:
         candidate = unquote(headers["x-agent-id"])
     elif parts[1:3] == ["v1", "agents"] and len(parts) > 3:
         candidate = unquote(call["raw_path"].decode().split("/")[3])
-    elif call["path"] == "/v1/chat/completions":
+    elif call["path"] in ("/v1/chat/completions", "/v1/completions"):
         candidate = _body_user(call["body"])
     else:
         return None

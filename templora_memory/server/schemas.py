@@ -151,3 +151,28 @@ class AbsorbRequest(_Open):
     """`POST /v1/agents/{agent_id}/absorb`: a long text to train into the agent's adapter."""
 
     text: StrictStr = Field(min_length=1)
+
+
+class CompletionRequest(_Open):
+    """`POST /v1/completions`: `prompt` completed as raw text with the agent's adapter (the `X-Agent-Id` header or
+    `user`; none: the base model). Nothing is written into the agent's memory."""
+
+    model: StrictStr | None = None
+    """Accepted and echoed as the served model's name, as in chat."""
+    prompt: StrictStr | list[StrictStr] = Field(min_length=1)
+    """One prompt (a list must hold exactly one)."""
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    user: StrictStr | None = None
+    n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
+    logprobs: Literal[False, 0] | None = None
+    echo: Literal[False] | None = None
+    suffix: None = None
+    repetition_penalty: StrictFloat | None = Field(None, ge=1.0)
+    """As in chat (default 1.1: small models loop without one)."""
