@@ -204,16 +204,16 @@ class ParametricMemory(BaseChatModel):
         self,
         schema: dict[str, Any] | type,
         *,
-        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        method: Literal["function_calling", "json_schema", "json_mode"] = "json_schema",
         include_raw: bool = False,
         strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict | BaseModel]:
         """Replies parsed into `schema` (a Pydantic class, a TypedDict or a JSON schema), generated under its grammar.
 
-        `method`: "function_calling" (a required call of a tool named after the schema), "json_schema" (the
-        reply is one JSON value valid under the schema) or "json_mode" (any JSON object, parsed into the
-        schema). `strict` is accepted for compatibility: generation is always constrained.
+        `method`: "json_schema" (the default, as in langchain-ollama: the reply is one JSON value valid under the
+        schema), "function_calling" (a required call of a tool named after the schema) or "json_mode" (any JSON
+        object, parsed into the schema). `strict` is accepted for compatibility: generation is always constrained.
 
         Example:
             >>> memory.with_structured_output(Person).invoke("Ada Lovelace, 36")  # doctest: +SKIP

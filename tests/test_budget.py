@@ -131,3 +131,11 @@ def _llamaindex_tool():
     from llama_index.core.tools import FunctionTool
 
     return FunctionTool.from_defaults(fn=lambda a, b: a + b, name="add", description="Add two integers.")
+
+
+def test_structured_output_defaults_to_json_schema_as_langchain_ollama(tool_memory, play):
+    class Sum(BaseModel):
+        total: int
+
+    play('{"total": 5}')  # a JSON value, no tool-call markup: the default method is json_schema
+    assert tool_memory.with_structured_output(Sum).invoke("2 + 3?", max_tokens=32) == Sum(total=5)
