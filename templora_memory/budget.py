@@ -8,6 +8,7 @@ budget by the markup of the longest offered tool's call; `check_complete` raises
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -45,8 +46,17 @@ def check_complete(reply: Reply, constraint: Constraint | None, max_tokens: int,
             f"max_tokens={max_tokens} cut the call of {name!r} off after {used} tokens of arguments (its markup, "
             f"{markup} tokens, is not counted), so it would come back incomplete; {fix}"
         )
-    if constraint is not None and not constraint.finished:
+    if constraint is not None and not constraint.finished and not reply.tool_calls and not _is_json(reply.content):
         raise ReplyCutOffError(
             f"max_tokens={max_tokens} ended the reply after {reply.completion_tokens} tokens, before its "
             f"{'tool call' if markup else 'JSON value'} was complete; {fix}"
         )
+
+
+def _is_json(text: str) -> bool:
+    """True if `text` is one complete JSON value."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

@@ -314,7 +314,7 @@ def test_the_official_client_raises_its_own_errors(tool_memory, start_server):
     with pytest.raises(openai.BadRequestError, match="names no bound tool") as refused:
         npc.chat.completions.create(model="m", messages=[user("Hi")], tools=[MARKET_PRICE], tool_choice=choice)
     assert refused.value.body["param"] == "tool_choice"
-    assert npc.models.retrieve("gpt-4o").id == "tiny-llama"  # any name is the one model, as chat accepts any
+    assert npc.models.retrieve("gpt-4o").id == "tiny-tools"  # any name is the one model, as chat accepts any
 
 
 # ----- concurrency --------------------------------------------------------------------------------
