@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from templora_memory import InvalidInputError, MemoryEngine, ParametricMemory, TempLoraConfig
 from templora_memory.constrained import json_grammar, tool_call_grammar
+from templora_memory.errors import ReplyCutOffError
 from templora_memory.generation import Sampling, generate_tokens
 from tests.schemas import Person, PersonDict
 from tests.tiny import tiny_model
@@ -133,9 +134,9 @@ def test_a_schema_the_grammar_cannot_express_is_refused_at_bind_time(memory):
 
 
 def test_a_truncated_call_is_reported_not_hidden(memory):
-    reply = memory.bind_tools([shout], tool_choice="any").invoke("Shout.", agent_id="short", max_tokens=30, seed=0)
-    assert reply.response_metadata["finish_reason"] == "length"
-    assert reply.content == "" and reply.tool_calls == [] and reply.invalid_tool_calls  # kept as an invalid call
+    with pytest.raises(ReplyCutOffError, match=r"max_tokens=30 cut the call of 'shout' off .* raise max_tokens"):
+        memory.bind_tools([shout], tool_choice="any").invoke("Shout.", agent_id="short", max_tokens=30, seed=0)
+    assert memory.engine.window("short")[-1]["role"] == "user"  # the incomplete call was not remembered
 
 
 def test_generate_tokens_stops_when_the_grammar_is_complete(memory):

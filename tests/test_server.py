@@ -194,10 +194,13 @@ def test_the_readme_python_snippet_runs_against_the_server(make_engine, scripted
     engine = make_engine(window_tokens=400)
     server = start_server(engine)
     scripted_model.play(engine.tokenizer, "Shields, aye.", "You are Ivo.")
-    (snippet,) = readme_snippets("Serve over HTTP (OpenAI-compatible)")
+    snippet, chat_openai = readme_snippets("Serve over HTTP (OpenAI-compatible)")
     exec(snippet.replace("http://127.0.0.1:8000", server.url), {})
     assert capsys.readouterr().out == "Shields, aye.\nYou are Ivo."
     assert engine.stats("blacksmith").turns_seen == 4
+    scripted_model.play(engine.tokenizer, "The mine reopened.")
+    exec(chat_openai.replace("http://127.0.0.1:8000", server.url), {})  # LangChain's ChatOpenAI, as written
+    assert capsys.readouterr().out == "The mine reopened.\n" and engine.stats("blacksmith").turns_seen == 6
 
 
 # ----- LangChain's ChatOpenAI ----------------------------------------------------------------------

@@ -121,12 +121,11 @@ class StreamOptions(_Open):
     include_usage: StrictBool = False
 
 
-class ChatCompletionRequest(_Open):
-    """`POST /v1/chat/completions`. The agent is named by the `X-Agent-Id` header or, failing that, by `user`."""
+class _Generation(_Open):
+    """What chat and text completions share: the model name, streaming, the reply's length and sampling."""
 
     model: StrictStr | None = None
     """Accepted and echoed as the served model's name: one server runs one model."""
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(None, ge=1)
@@ -136,15 +135,21 @@ class ChatCompletionRequest(_Open):
     top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = None
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    response_format: ResponseFormat | None = None
     user: StrictStr | None = None
     n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
-    logprobs: Literal[False] | None = None
     repetition_penalty: StrictFloat | None = Field(None, ge=1.0)
     """Not OpenAI's (vLLM and llama.cpp take it too): defaults to 1.1, since small models loop without it; it counts
     the assistant's earlier turns and the reply, not the user's words."""
+
+
+class ChatCompletionRequest(_Generation):
+    """`POST /v1/chat/completions`. The agent is named by the `X-Agent-Id` header or, failing that, by `user`."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: Literal[False] | None = None
 
 
 class AbsorbRequest(_Open):
@@ -153,26 +158,12 @@ class AbsorbRequest(_Open):
     text: StrictStr = Field(min_length=1)
 
 
-class CompletionRequest(_Open):
+class CompletionRequest(_Generation):
     """`POST /v1/completions`: `prompt` completed as raw text with the agent's adapter (the `X-Agent-Id` header or
     `user`; none: the base model). Nothing is written into the agent's memory."""
 
-    model: StrictStr | None = None
-    """Accepted and echoed as the served model's name, as in chat."""
     prompt: StrictStr | list[StrictStr] = Field(min_length=1)
     """One prompt (a list must hold exactly one)."""
-    stream: StrictBool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
-    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    user: StrictStr | None = None
-    n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
     logprobs: Literal[False, 0] | None = None
     echo: Literal[False] | None = None
     suffix: None = None
-    repetition_penalty: StrictFloat | None = Field(None, ge=1.0)
-    """As in chat (default 1.1: small models loop without one)."""
