@@ -8,8 +8,9 @@ import json
 import math
 import os
 import platform
+import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,18 @@ def suffix_within(sizes: Sequence[int], budget: int) -> int:
 def mean_nll(logprobs: Sequence[float]) -> float:
     """Mean negative log-likelihood per token."""
     return -sum(logprobs) / max(1, len(logprobs))
+
+
+def bootstrap_ci(rows: Sequence, statistic: Callable[[Sequence], float | None], resamples: int = 2000) -> list:
+    """A seeded percentile-bootstrap 95 % interval of `statistic` over resamples of `rows` (paired rows stay
+    paired); resamples where the statistic is undefined (None) are left out."""
+    rng = random.Random(0)
+    values = sorted(
+        v for v in (statistic(rng.choices(rows, k=len(rows))) for _ in range(resamples) if rows) if v is not None
+    )
+    if not values:
+        return [None, None]
+    return [round(values[int(0.025 * len(values))], 4), round(values[int(0.975 * len(values)) - 1], 4)]
 
 
 def relative_change(base: float, new: float) -> float | None:

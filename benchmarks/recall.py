@@ -14,21 +14,27 @@ the next user turn, under eight conditions that read the same conversation:
   window: the old turns BM25 matches to the question, before the window, no adapter;
 - `hybrid`: that prompt with the conversation's adapter (what a memory with `recall_tokens` set answers from).
 
-Scores: the greedy reply contains the answer (normalised exact match); the answer's NLL after a neutral
-answer prefix ("Your daughter's name is"); gap closed = (window NLL − NLL) / (window NLL − in-context NLL)
-per question; and a general-ability check (questions about things never said) with and without the adapter.
+`--split tuning` runs the facts a recipe may be tuned on, `--split report` (the default) the facts that are only
+reported (`benchmarks.recall_facts`: no kind, value, wording or telling template in common).
+
+Scores (`benchmarks.recall_report`): the greedy reply contains the answer (normalised exact match), with 95 %
+bootstrap intervals and as a share of the ceiling's hits on the same questions; the answer's NLL after a
+neutral answer prefix ("Your daughter's name is"); gap closed = (window NLL − NLL) / (window NLL − in-context
+NLL), over the questions the ceiling answers; and general ability (`benchmarks.general_checks`, kinds the
+recipe's anchors never ask) with and without the adapter, as a paired difference.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.recall_scenarios import GENERAL_CHECKS, Scenario, build_scenario, contains_answer
+from benchmarks.general_checks import GENERAL
+from benchmarks.recall_facts import SPLITS
+from benchmarks.recall_report import plot, summarize, summarize_general, table
+from benchmarks.recall_scenarios import Scenario, build_scenario, contains_answer
 from templora_memory.config import add_config_options
 from templora_memory.conversation import said_by_assistant
 from templora_memory.engine import MemoryEngine
@@ -52,7 +58,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--split", choices=sorted(SPLITS), default="report", help="facts to tell (default: report)")
     parser.add_argument("--conversations", type=int, default=6, help="scenarios generated (default: 6)")
+    parser.add_argument(
+        "--general-questions", type=int, default=6, help="general questions per conversation (default: 6)"
+    )
     parser.add_argument("--distances", default="1,4,16", help="chunks each fact is pushed back (default: 1,4,16)")
     parser.add_argument("--scenario-seed", type=int, default=0, help="seed of the generated scenarios (default: 0)")
     parser.add_argument("--answer-tokens", type=int, default=24, help="greedy tokens per answer (default: 24)")
@@ -84,7 +94,7 @@ def run(engine: MemoryEngine, conversations: int, distances: list[int], seed: in
     config = engine.config
     count = lambda messages: sum(engine.turn_tokens(messages))  # noqa: E731
     scenarios = [
-        build_scenario(i, seed, distances, config.chunk_tokens, config.window_tokens, count)
+        build_scenario(i, seed, distances, config.chunk_tokens, config.window_tokens, count, options.split)
         for i in range(conversations)
     ]
     writing = [write(engine, s) for s in common.progress(scenarios, options.quiet, desc="writing", unit="conv")]
@@ -92,9 +102,10 @@ def run(engine: MemoryEngine, conversations: int, distances: list[int], seed: in
     for index, scenario in enumerate(common.progress(scenarios, options.quiet, desc="asking", unit="conv")):
         control = _agent(scenarios[(index + 1) % len(scenarios)]) if len(scenarios) > 1 else None
         records += ask(engine, scenario, control, conditions, options)
-        general += check_general(engine, scenario, options.answer_tokens)
+        general += check_general(engine, scenario, _general_questions(index, options), options.answer_tokens)
     return {
         "benchmark": "recall",
+        "split": options.split,
         "conditions": summarize(records, conditions, distances),
         "general": summarize_general(general),
         "writing": _cost(writing),
@@ -153,6 +164,7 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
                 {
                     "scenario": scenario.name,
                     "kind": fact.kind,
+                    "shape": fact.shape,
                     "chunks_back": fact.chunks_back,
                     "question": fact.question,
                     "answer": fact.value,
@@ -202,11 +214,17 @@ def answer(
     return reply, nll
 
 
-def check_general(engine: MemoryEngine, scenario: Scenario, max_tokens: int) -> list[dict]:
-    """Questions about things never said, after the agent's window, with and without its adapter."""
+def _general_questions(index: int, options) -> list[tuple[str, tuple[str, ...]]]:
+    """Conversation `index`'s share of the general questions: the next `general_questions` of them, in turn."""
+    count = options.general_questions
+    return [GENERAL[(index * count + j) % len(GENERAL)] for j in range(count)]
+
+
+def check_general(engine: MemoryEngine, scenario: Scenario, questions, max_tokens: int) -> list[dict]:
+    """Everyday questions never about the conversation, after the agent's window, with and without its adapter."""
     agent, window = _agent(scenario), engine.window(_agent(scenario))
     rows = []
-    for question, expected in GENERAL_CHECKS:
+    for question, expected in questions:
         turns = engine.renderer.turns([*window, {"role": "user", "content": question}])
         prompt, sampling = engine.renderer.prompt([scenario.system], turns), chat_sampling(max_tokens, turns)
         for condition, reader in (("window", None), ("adapter", agent)):
@@ -217,86 +235,7 @@ def check_general(engine: MemoryEngine, scenario: Scenario, max_tokens: int) -> 
                     "question": question,
                     "condition": condition,
                     "reply": reply,
-                    "exact": contains_answer(reply, expected),
+                    "exact": any(contains_answer(reply, answer) for answer in expected),
                 }
             )
     return rows
-
-
-# ----- results ----------------------------------------------------------------------------------
-
-
-def summarize(records: list[dict], conditions, distances: list[int]) -> dict[str, Any]:
-    """Per condition and distance: exact-match rate, mean NLL and median gap closed (against window and ceiling)."""
-    nll = {(r["scenario"], r["question"], r["condition"]): r["nll"] for r in records}
-    out: dict[str, Any] = {}
-    for condition in conditions:
-        out[condition] = {}
-        for distance in distances:
-            rows = [r for r in records if r["condition"] == condition and r["chunks_back"] == distance]
-            if not rows:
-                continue
-            gaps = [_gap(nll, r, condition) for r in rows]
-            gaps = [g for g in gaps if g is not None]
-            out[condition][str(distance)] = {
-                "questions": len(rows),
-                "exact": round(sum(r["exact"] for r in rows) / len(rows), 3),
-                "nll": round(statistics.fmean(r["nll"] for r in rows), 3),
-                "gap_closed_median": round(statistics.median(gaps), 3) if gaps else None,
-            }
-    return out
-
-
-def _gap(nll: dict, record: dict, condition: str) -> float | None:
-    """(window NLL − this condition's NLL) / (window NLL − in-context NLL); None where the ceiling is no better."""
-    key = (record["scenario"], record["question"])
-    floor, ceiling = nll.get((*key, "window")), nll.get((*key, "in_context"))
-    if floor is None or ceiling is None or floor - ceiling < 0.1:
-        return None
-    return (floor - record["nll"]) / (floor - ceiling)
-
-
-def summarize_general(rows: list[dict]) -> dict[str, Any]:
-    """Exact-match rate of the never-said questions, without and with the adapter."""
-    return {
-        condition: round(
-            sum(r["exact"] for r in rows if r["condition"] == condition)
-            / max(1, sum(r["condition"] == condition for r in rows)),
-            3,
-        )
-        for condition in ("window", "adapter")
-    }
-
-
-def table(result: dict[str, Any]) -> str:
-    """Exact match, NLL and median gap closed per condition and distance, then the general check and write cost."""
-    lines = [
-        "| condition | chunks back | exact | answer NLL | gap closed (median) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for condition, by_distance in result["conditions"].items():
-        for distance, row in by_distance.items():
-            gap = "-" if row["gap_closed_median"] is None else f"{100 * row['gap_closed_median']:.0f} %"
-            lines.append(
-                f"| {condition} | {distance} | {row['exact']:.2f} ({row['questions']} q) | {row['nll']:.3f} | {gap} |"
-            )
-    general = result["general"]
-    lines.append(f"\nnever-said questions, exact: window {general['window']:.2f}, adapter {general['adapter']:.2f}")
-    writing = result["writing"]
-    lines.append(f"writing: {writing['train_s_per_1k']} s per 1K tokens ({writing['tokens_written']} tokens)")
-    return "\n".join(lines)
-
-
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """Exact match per condition, grouped by how many chunks back the fact was."""
-    fig, (axis,) = common.figure(1, width=8.0)
-    conditions = list(result["conditions"])
-    distances = sorted({d for rows in result["conditions"].values() for d in rows}, key=int)
-    width = 0.8 / max(1, len(conditions))
-    for i, condition in enumerate(conditions):
-        values = [result["conditions"][condition].get(d, {}).get("exact", 0) for d in distances]
-        axis.bar([j + i * width for j in range(len(distances))], values, width=width, label=condition)
-    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(distances))], [f"{d} chunks back" for d in distances])
-    axis.set(ylabel="exact match", title="facts told once, asked after they left the window")
-    axis.legend(fontsize=7)
-    return common.save_figure(fig, path)

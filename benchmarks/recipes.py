@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +95,10 @@ def paired_difference(first: dict, other: dict, form: str, resamples: int = 5000
     diffs = [ours[key] - theirs[key] for key in sorted(ours.keys() & theirs.keys())]
     if not diffs:
         raise SystemExit("the two results share no question: compare runs over the same conversations")
-    rng = random.Random(0)
-    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
-    low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
     return {
         "questions": len(diffs),
         "mean": round(sum(diffs) / len(diffs), 4),
-        "ci95": [round(low, 4), round(high, 4)],
+        "ci95": common.bootstrap_ci(diffs, lambda sample: sum(sample) / len(sample), resamples),
         "lower": sum(d < 0 for d in diffs),
     }
 

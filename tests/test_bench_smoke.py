@@ -288,19 +288,22 @@ def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(mak
     from benchmarks.recall_scenarios import build_scenario, contains_answer
 
     engine = make_engine()
-    options = argparse.Namespace(quiet=True, answer_tokens=4, top_k=2)
+    options = argparse.Namespace(quiet=True, answer_tokens=4, top_k=2, split="tuning", general_questions=2)
     result = recall.run(engine, 2, [1, 2], 0, recall.CONDITIONS, options)
     assert set(result["conditions"]) == set(recall.CONDITIONS)
     rows = result["questions"]
     assert len(rows) == 2 * 2 * len(recall.CONDITIONS)  # two facts per conversation, each under every condition
     ceiling = result["conditions"]["in_context"]
     assert all(v["gap_closed_median"] in (1.0, None) for v in ceiling.values())  # the ceiling closes its own gap
+    assert all(v["of_ceiling"] in (1.0, None) for v in ceiling.values())
     window = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "window"}
     full = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "in_context"}
     assert all(full[q] > window[q] for q in window)  # the facts left the window; the ceiling still reads them
     stats = engine.stats("recall-scenario-0")
-    assert stats.turns_seen == len(build_scenario(0, 0, [1, 2], 32, 96, lambda m: sum(engine.turn_tokens(m))).messages)
-    assert {"window", "adapter"} == set(result["general"]) and result["writing"]["tokens_written"] > 0
+    scenario = build_scenario(0, 0, [1, 2], 32, 96, lambda m: sum(engine.turn_tokens(m)), "tuning")
+    assert stats.turns_seen == len(scenario.messages)
+    assert result["general"]["questions"] == 2 * 2 and result["writing"]["tokens_written"] > 0
+    assert "split: tuning" in recall.table(result) and "| adapter | 2 |" in recall.table(result)
     assert contains_answer("It is the Old Mill, friend.", "the old mill") and not contains_answer("mills", "mill")
 
 

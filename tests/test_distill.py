@@ -150,13 +150,6 @@ def test_background_training_with_probes_writes_what_cascaded_training_writes(ma
 # ----- anchors ------------------------------------------------------------------------------------
 
 
-def test_anchors_are_never_the_general_checks_the_recall_benchmark_asks():
-    from benchmarks.recall_scenarios import GENERAL_CHECKS
-
-    asked = {question for question, _ in GENERAL_CHECKS}
-    assert len(ANCHORS) >= 16 and not asked & {question for question, _ in ANCHORS}
-
-
 def test_anchors_are_taught_by_the_base_model_reading_what_the_student_reads(make_engine):
     engine = make_engine(anchor_probes=3)
     engine.add_turns("trained", _turns(12))
