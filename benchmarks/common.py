@@ -74,20 +74,6 @@ def plot_path(args: argparse.Namespace) -> Path:
 # ----- token budgets, scores, progress ----------------------------------------------------
 
 
-def bm25_top(corpus: Sequence[str], query: str, top_k: int) -> list[int]:
-    """Indices of the `top_k` texts that best match `query` under BM25 (bm25s), best first; none that score 0."""
-    if not corpus or top_k <= 0:
-        return []
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(corpus), stopwords="en", show_progress=False), show_progress=False)
-    found, scores = retriever.retrieve(
-        bm25s.tokenize([query], stopwords="en", show_progress=False), k=min(top_k, len(corpus)), show_progress=False
-    )
-    return [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
-
-
 def prefix_within(sizes: Sequence[int], max_tokens: int | None) -> int:
     """How many leading turns (of these token sizes) fit in `max_tokens` tokens (all of them when None)."""
     used = 0

@@ -23,6 +23,7 @@ from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message
+from templora_memory.recall import bm25_top
 from templora_memory.replies import ReplyStream
 
 DEFAULT_DATA = common.LOCOMO_DEV
@@ -211,7 +212,7 @@ def retrieved_history(engine: MemoryEngine, dialogue: Dialogue, query: str, top_
     budget = sum(dialogue.sizes[dialogue.start :])
     chosen, used = [], 0
     corpus = [line.message["content"] for line in dialogue.lines[: dialogue.start]]
-    for index in common.bm25_top(corpus, query, top_k):  # best first
+    for index in bm25_top(corpus, query, top_k):  # best first
         (size,) = engine.turn_tokens([_dated(dialogue.lines[index])])
         if used + size <= budget:
             chosen, used = [*chosen, index], used + size

@@ -41,7 +41,7 @@ from templora_memory.engine import MemoryEngine
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Turn
-from templora_memory.recall import HybridRecall
+from templora_memory.recall import HybridRecall, bm25_top, synced
 
 CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
 DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32, recall_tokens=128)
@@ -182,7 +182,7 @@ def retrieved(engine: MemoryEngine, left: list[dict], window: list[dict], query:
     """BM25 top-k turns from those that left the window (in order), then the newest turns, in the window's budget."""
     budget = sum(engine.turn_tokens(window))
     chosen, used = [], 0
-    for index in common.bm25_top([m["content"] for m in left], query, top_k):
+    for index in bm25_top([m["content"] for m in left], query, top_k):
         (size,) = engine.turn_tokens([left[index]])
         if used + size <= budget:
             chosen, used = [*chosen, index], used + size
@@ -196,7 +196,7 @@ def recalled(engine: MemoryEngine, left: list[dict], window: list[dict], questio
     if not engine.config.recall_tokens:
         return []
     recall = HybridRecall(engine.renderer, engine.config.recall_tokens)
-    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]))]
+    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]), synced(None, left))]
 
 
 def chat_sampling(max_tokens: int, turns: list[Turn]) -> Sampling:

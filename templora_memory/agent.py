@@ -16,6 +16,7 @@ from templora_memory.distill import TaughtProbe
 from templora_memory.errors import InvalidInputError
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message, Turn, fingerprint
+from templora_memory.recall import BM25Index
 from templora_memory.synthetic import QAPair
 
 MAX_AGENT_ID_LENGTH = 128
@@ -144,6 +145,8 @@ class AgentState:
     """Optimizer steps at the last commit of the adapter's weights (so unchanged weights are not rewritten)."""
     kv: PromptCache | None = None
     """The agent's KV cache with cache reuse (RAM only: rebuilt after eviction or restart)."""
+    archive_index: BM25Index | None = None
+    """Hybrid recall's index of the archive, grown as turns are archived (RAM only: rebuilt after a restart)."""
     job: ChunkJob | None = None
     """The chunk training in the background (parallel deployment), if any."""
     users: int = 0

@@ -44,7 +44,7 @@ from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.offer import ToolOffer
-from templora_memory.recall import HybridRecall
+from templora_memory.recall import HybridRecall, synced
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
 from templora_memory.store import AgentStore, open_store
@@ -296,7 +296,11 @@ class MemoryEngine:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
         talk = state.conversation
         window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
-        turns = [*(self._recall.turns(talk.archive, window) if self._recall is not None else []), *window]
+        recalled = []
+        if self._recall is not None:
+            state.archive_index = synced(state.archive_index, talk.archive)
+            recalled = self._recall.turns(talk.archive, window, state.archive_index)
+        turns = [*recalled, *window]
         return self.renderer.prompt(talk.system, turns, tools), turns
 
     def _respond(

@@ -2,54 +2,108 @@
 
 The adapter carries what left the prompt in its weights; retrieval puts the best-matching old turns back as
 text, in a budget of `recall_tokens` on top of the window (parametric + retrieval beat either alone in the
-studies summarised in README, "Memory that answers"). Needs the `retrieval` extra (bm25s).
+studies summarised in README, "Memory that answers"). The index grows with the archive, one turn at a time, and
+is never rebuilt for a reply: BM25 as Lucene scores it (k1 1.5, b 0.75), bm25s's tokens and English stopwords.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 
 from templora_memory.conversation import ChatRenderer
-from templora_memory.errors import ConfigError
 from templora_memory.message import Message, Turn
 
 TOP_K = 8
 """Most turns retrieved per reply (fewer when the budget is spent first)."""
+K1, B = 1.5, 0.75
+STOPWORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
+    "this to was will with".split()
+)
+"""English stopwords of bm25s (and Lucene), so scores match the benchmarks' earlier bm25s runs."""
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
+def terms(text: str) -> list[str]:
+    """A text's indexed words: lower case, two characters or more, no stopwords."""
+    return [word for word in _TOKEN.findall(text.lower()) if word not in STOPWORDS]
+
+
+class BM25Index:
+    """An append-only BM25 index over texts (in order): adding a text costs its own words, a search its query's."""
+
+    def __init__(self, texts: Sequence[str] = ()) -> None:
+        self.postings: dict[str, list[tuple[int, int]]] = {}  # word -> (document, count), in document order
+        self.lengths: list[int] = []
+        self.first = ""  # the first text, to notice an archive cut from the front
+        self.extend(texts)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def extend(self, texts: Sequence[str]) -> None:
+        """Index `texts` as the next documents."""
+        for text in texts:
+            if not self.lengths:
+                self.first = text
+            words = terms(text)
+            for word, count in Counter(words).items():
+                self.postings.setdefault(word, []).append((len(self.lengths), count))
+            self.lengths.append(len(words))
+
+    def top(self, query: str, k: int) -> list[int]:
+        """The documents that best match `query` (at most `k`, none scoring 0), best first, earliest first on ties."""
+        if not self.lengths or k <= 0:
+            return []
+        average = max(sum(self.lengths) / len(self.lengths), 1e-9)
+        scores: Counter[int] = Counter()
+        for word in set(terms(query)):
+            found = self.postings.get(word, [])
+            idf = math.log(1 + (len(self.lengths) - len(found) + 0.5) / (len(found) + 0.5))
+            for doc, count in found:
+                norm = count + K1 * (1 - B + B * self.lengths[doc] / average)
+                scores[doc] += idf * count * (K1 + 1) / norm
+        ranked = sorted((doc for doc, score in scores.items() if score > 0), key=lambda d: (-scores[d], d))
+        return ranked[:k]
+
+
+def bm25_top(corpus: Sequence[str], query: str, top_k: int) -> list[int]:
+    """Indices of the `top_k` texts that best match `query`, best first; none that score 0."""
+    return BM25Index(corpus).top(query, top_k)
 
 
 class HybridRecall:
     """Picks archived turns for a prompt: BM25 against the newest user turn, in `budget` tokens, in their order."""
 
     def __init__(self, renderer: ChatRenderer, budget: int) -> None:
-        if importlib.util.find_spec("bm25s") is None:
-            raise ConfigError(
-                'recall_tokens needs the retrieval extra: pip install "templora-memory[retrieval]" (or recall_tokens=0)'
-            )
         self.renderer = renderer
         self.budget = budget
 
-    def turns(self, archive: Sequence[Message], window: Sequence[Turn]) -> list[Turn]:
-        """Archived turns matching the window's newest user turn, oldest first, rendered, within the budget."""
+    def turns(self, archive: Sequence[Message], window: Sequence[Turn], index: BM25Index) -> list[Turn]:
+        """Archived turns matching the window's newest user turn, oldest first, rendered, within the budget
+        (`index`: the archive's, brought up to date by `synced`)."""
         query = next((t.message for t in reversed(window) if t.message["role"] == "user"), None)
         if not archive or query is None:
             return []
         chosen, used = [], 0
-        for index in _bm25([str(m.get("content") or "") for m in archive], str(query.get("content") or "")):
-            size = len(self.renderer.turn(archive[index], None).tokens)
+        for position in index.top(str(query.get("content") or ""), TOP_K):
+            size = len(self.renderer.turn(archive[position], None).tokens)
             if used + size <= self.budget:
-                chosen.append(index)
+                chosen.append(position)
                 used += size
         return self.renderer.turns([archive[i] for i in sorted(chosen)])
 
 
-def _bm25(corpus: list[str], query: str) -> list[int]:
-    """Indices of the best-matching texts (at most `TOP_K`, none scoring 0), best first."""
-    import bm25s
+def synced(index: BM25Index | None, archive: Sequence[Message]) -> BM25Index:
+    """`index` with the archive's new turns added; a new index when there is none or the archive lost its start."""
+    if index is None or len(index) > len(archive) or (len(index) and index.first != _text(archive[0])):
+        return BM25Index([_text(m) for m in archive])
+    index.extend([_text(m) for m in archive[len(index) :]])
+    return index
 
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-    found, scores = retriever.retrieve(
-        bm25s.tokenize([query], stopwords="en", show_progress=False), k=min(TOP_K, len(corpus)), show_progress=False
-    )
-    return [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
+
+def _text(message: Message) -> str:
+    return str(message.get("content") or "")

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
-
-from templora_memory import ConfigError
 from templora_memory.generation import Sampling
-
-pytest.importorskip("bm25s")
+from templora_memory.recall import BM25Index, synced
 
 OLD = {"role": "user", "content": "The lighthouse keeper hides the golden key under the blue stone."}
 
@@ -54,8 +48,31 @@ def test_the_archive_survives_a_restart(make_engine, tmp_path):
     assert "golden key under the blue stone" in _ask(second, "a", "Where is the golden key hidden?")
 
 
-def test_recall_without_the_retrieval_extra_says_how_to_install_it(make_engine, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bm25s" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"templora-memory\[retrieval\]"):
-        make_engine(recall_tokens=48)
+def test_the_index_ranks_as_bm25s_does():
+    import bm25s
+
+    corpus = [OLD["content"], "the key and the stone", "blue blue sky", "a market stall sells keys", "rain again"]
+    for query in ("Where is the golden key hidden?", "blue stone key", "market keys in the rain", "nothing here"):
+        retriever = bm25s.BM25()
+        retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        found, scores = retriever.retrieve(bm25s.tokenize([query], stopwords="en", show_progress=False), k=4)
+        theirs = [int(i) for i, s in zip(found[0], scores[0], strict=True) if s > 0]
+        ours = BM25Index(corpus).top(query, 4)
+        assert ours == theirs
+
+
+def test_the_index_grows_with_the_archive_and_is_never_rebuilt_for_a_reply(make_engine, monkeypatch):
+    built = []
+    monkeypatch.setattr(BM25Index, "__init__", lambda self, texts=(): built.append(len(texts)) or init(self, texts))
+    engine = make_engine(recall_tokens=48)
+    engine.add_turns("a", [OLD, *_small_talk(16)])
+    for turn in range(4):
+        _ask(engine, "a", f"Where is the golden key hidden? ({turn})")
+    assert len(built) == 1  # built once, then only extended as turns left the window
+    archive = [OLD, *_small_talk(6)]
+    index = synced(None, archive[:3])
+    assert synced(index, archive) is index and len(index) == len(archive)  # new turns are added in place
+    assert synced(index, archive[2:]) is not index  # an archive cut from the front is indexed anew
+
+
+init = BM25Index.__init__
