@@ -84,16 +84,6 @@ def prefix_within(sizes: Sequence[int], max_tokens: int | None) -> int:
     return len(sizes)
 
 
-def suffix_within(sizes: Sequence[int], budget: int) -> int:
-    """Index of the oldest turn such that the turns from it on fit in `budget` tokens (len(sizes): none fits)."""
-    used = 0
-    for index in range(len(sizes) - 1, -1, -1):
-        used += sizes[index]
-        if used > budget:
-            return index + 1
-    return 0
-
-
 def mean_nll(logprobs: Sequence[float]) -> float:
     """Mean negative log-likelihood per token."""
     return -sum(logprobs) / max(1, len(logprobs))

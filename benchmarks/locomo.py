@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import locomo_data as data
+from templora_memory.conversation import window_start
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling
 from templora_memory.kv_cache import PromptCache
@@ -204,7 +205,7 @@ def _history(engine, dialogue: Dialogue, question: data.Question, condition: str
         return retrieved_history(engine, dialogue, question.question, options.top_k)
     limit = min(options.full_tokens or engine.context_tokens, engine.context_tokens)
     budget = limit - options.answer_tokens - 256  # room for the system message, question and headers
-    return dialogue.messages[common.suffix_within(dialogue.sizes, budget) :]
+    return dialogue.messages[window_start(dialogue.sizes, budget) :]
 
 
 def retrieved_history(engine: MemoryEngine, dialogue: Dialogue, query: str, top_k: int) -> list[Message]:
@@ -216,7 +217,7 @@ def retrieved_history(engine: MemoryEngine, dialogue: Dialogue, query: str, top_
         (size,) = engine.turn_tokens([_dated(dialogue.lines[index])])
         if used + size <= budget:
             chosen, used = [*chosen, index], used + size
-    recent = max(dialogue.start, common.suffix_within(dialogue.sizes, budget - used))
+    recent = max(dialogue.start, window_start(dialogue.sizes, budget - used))
     return [_dated(dialogue.lines[i]) for i in sorted(chosen)] + dialogue.messages[recent:]
 
 

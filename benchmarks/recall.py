@@ -33,10 +33,10 @@ from typing import Any
 from benchmarks import common
 from benchmarks.general_checks import GENERAL
 from benchmarks.recall_facts import SPLITS
-from benchmarks.recall_report import plot, summarize, summarize_general, table
+from benchmarks.recall_report import near_misses, plot, summarize, summarize_general, table
 from benchmarks.recall_scenarios import Scenario, build_scenario, contains_answer
 from templora_memory.config import add_config_options
-from templora_memory.conversation import said_by_assistant
+from templora_memory.conversation import said_by_assistant, window_start
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
@@ -108,6 +108,7 @@ def run(engine: MemoryEngine, conversations: int, distances: list[int], seed: in
         "split": options.split,
         "conditions": summarize(records, conditions, distances),
         "general": summarize_general(general),
+        "near_misses": near_misses(records),
         "writing": _cost(writing),
         "questions": records,
         "general_checks": general,
@@ -187,7 +188,7 @@ def retrieved(engine: MemoryEngine, left: list[dict], window: list[dict], query:
         if used + size <= budget:
             chosen, used = [*chosen, index], used + size
     sizes = engine.turn_tokens(window)
-    recent = common.suffix_within(sizes, budget - used)
+    recent = window_start(sizes, budget - used)
     return [left[i] for i in sorted(chosen)] + window[recent:]
 
 

@@ -75,6 +75,13 @@ def summarize_general(rows: list[dict]) -> dict[str, Any]:
     }
 
 
+def near_misses(records: list[dict], condition: str = "adapter", most: int = 8) -> list[dict]:
+    """The condition's wrong replies whose answer NLL is lowest: where the fact was likely after the answer's
+    opening but the reply did not take that opening (what to read when replies miss facts the adapter holds)."""
+    misses = sorted((r for r in records if r["condition"] == condition and not r["exact"]), key=lambda r: r["nll"])
+    return [{k: r[k] for k in ("question", "answer", "nll", "reply")} for r in misses[:most]]
+
+
 def table(result: dict[str, Any]) -> str:
     """Hits, share of the ceiling, NLL and gap closed per condition and distance, then general ability and cost."""
     lines = [
@@ -97,6 +104,8 @@ def table(result: dict[str, Any]) -> str:
         f"adapter {general['adapter']}/{general['questions']}, difference {general['difference_points']} points "
         f"{_interval(general['difference_ci95'], scale=1)}"
     )
+    lines.append("\nadapter misses with the lowest answer NLL (question → reply):")
+    lines += [f"  {m['nll']:.2f} {m['question']} [{m['answer']}] → {m['reply'][:70]!r}" for m in result["near_misses"]]
     writing = result["writing"]
     lines.append(f"writing: {writing['train_s_per_1k']} s per 1K tokens ({writing['tokens_written']} tokens)")
     return "\n".join(lines)

@@ -108,7 +108,7 @@ class PromptWindow:
         """Index of the oldest turn in the window: the prompt, headers and tools included, fits in L_X."""
         # a first guess from the fixed overhead; the loop below is exact
         overhead = len(self.renderer.prompt(system, [], tools)) if system else 0
-        start = window_start(turns, self.window_tokens - overhead)
+        start = window_start([len(turn.tokens) for turn in turns], self.window_tokens - overhead)
         while start < len(turns) and len(self.renderer.prompt(system, turns[start:], tools)) > self.window_tokens:
             start += 1
         if turns and start >= len(turns):
@@ -184,14 +184,12 @@ class Conversation:
         self.turns = self.turns[start:]
 
 
-def window_start(turns: Sequence[Turn], budget: int) -> int:
-    """Index of the oldest turn such that turns[index:] fit in `budget` tokens (whole turns only).
-
-    Returns `len(turns)` when not even the newest turn fits.
-    """
+def window_start(sizes: Sequence[int], budget: int) -> int:
+    """Index of the oldest turn (of these token sizes) such that the turns from it on fit in `budget` tokens
+    (whole turns only); `len(sizes)` when not even the newest turn fits."""
     used = 0
-    for index in range(len(turns) - 1, -1, -1):
-        used += len(turns[index].tokens)
+    for index in range(len(sizes) - 1, -1, -1):
+        used += sizes[index]
         if used > budget:
             return index + 1
     return 0

@@ -290,7 +290,10 @@ class MemoryEngine:
         talk = state.conversation
         start = self._window.start(talk.system, talk.turns, tools)
         self._writer.write(state, in_window=sum(len(turn.tokens) for turn in talk.turns[start:]))
-        talk.drop_before(window_start(talk.turns, self.config.window_tokens), archive=self.config.recall_tokens > 0)
+        talk.drop_before(
+            window_start([len(t.tokens) for t in talk.turns], self.config.window_tokens),
+            archive=self.config.recall_tokens > 0,
+        )
 
     def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> tuple[list[int], list[Turn]]:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
