@@ -16,7 +16,7 @@ from templora_memory.cli import run
 __all__ = ["build_parser", "main", "missing_modules"]
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "bench": ("bm25s", "matplotlib", "nltk"),
+    "bench": ("matplotlib", "nltk"),
     "test": ("pytest", "pytest_asyncio", "langchain_tests"),
     "compare": ("langchain_huggingface",),
     "server": ("fastapi", "uvicorn"),

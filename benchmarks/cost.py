@@ -155,7 +155,7 @@ def deployment(engine: MemoryEngine, messages: list[Message], replies: int, repl
     """
     agent, sampling, rows = "deployment", Sampling(max_new_tokens=reply_tokens), []
     for message in common.progress(messages[:replies], quiet, desc=engine.config.deployment, unit="reply"):
-        chunks_before = engine.stats(agent).chunks_trained
+        chunks_before = engine.stats(agent).chunks_trained if engine.exists(agent) else 0
         started, first = time.perf_counter(), None
         stream = engine.respond(agent, [{"role": "user", "content": message["content"]}], sampling)
         for _ in stream:

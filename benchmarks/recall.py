@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from benchmarks import common
@@ -41,7 +42,7 @@ from templora_memory.engine import MemoryEngine
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Turn
-from templora_memory.recall import HybridRecall, bm25_top, synced
+from templora_memory.recall import HybridRecall, bm25_top
 
 CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
 DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32, recall_tokens=128)
@@ -196,8 +197,8 @@ def recalled(engine: MemoryEngine, left: list[dict], window: list[dict], questio
     """The turns the library's hybrid recall puts before the window for this question (recall_tokens budget)."""
     if not engine.config.recall_tokens:
         return []
-    recall = HybridRecall(engine.renderer, engine.config.recall_tokens)
-    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]), synced(None, left))]
+    recall, fresh = HybridRecall(engine.renderer, engine.config.recall_tokens), SimpleNamespace(archive_index=None)
+    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]), fresh)]
 
 
 def chat_sampling(max_tokens: int, turns: list[Turn]) -> Sampling:

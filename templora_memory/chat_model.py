@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from pathlib import Path
@@ -38,6 +39,9 @@ from templora_memory.offer import ToolOffer, is_required, offered_tools
 from templora_memory.options import SAMPLING, call_sampling, check_engine_options, settled
 from templora_memory.replies import Reply
 from templora_memory.tools import required_call_grammar
+
+HOSTED_ONLY = ("api_key", "base_url", "max_retries", "timeout")
+"""Connection settings of hosted chat models (LangChain's standard parameters): accepted with a warning."""
 
 
 class ParametricMemory(BaseChatModel):
@@ -88,6 +92,8 @@ class ParametricMemory(BaseChatModel):
     turns); None: RAM only."""
     max_resident: int | None = Field(None, ge=1)
     """Most adapters kept in RAM; least recently used agents wait in the store (a temporary one if `store` is None)."""
+    streaming: bool = False
+    """`invoke` goes through the streaming path, so callbacks see each token (langchain-core reads this field)."""
 
     _engine: MemoryEngine = PrivateAttr()
 
@@ -99,6 +105,11 @@ class ParametricMemory(BaseChatModel):
         `repeat_penalty`), and any other unknown keyword raises `InvalidInputError` listing the accepted ones.
         """
         config = kwargs.pop("config", None)
+        hosted = sorted(name for name in HOSTED_ONLY if kwargs.pop(name, None) is not None)
+        if hosted:  # LangChain's standard constructor passes them; say they do nothing rather than refuse
+            warnings.warn(
+                f"ParametricMemory runs the model in this process: {', '.join(hosted)} have no effect", stacklevel=2
+            )
         kwargs, config = settled(kwargs, type(self).model_fields, config, "ParametricMemory")
         if engine is not None:
             check_engine_options(engine, kwargs, config, "ParametricMemory")

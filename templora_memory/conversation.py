@@ -137,6 +137,11 @@ class Conversation:
     """Turns that left every window, kept as text only for hybrid recall (`recall_tokens`), oldest first."""
 
     @property
+    def sizes(self) -> list[int]:
+        """Each turn's token count, oldest first."""
+        return [len(turn.tokens) for turn in self.turns]
+
+    @property
     def last_message(self) -> Message | None:
         """The newest turn's message (what the next turn is rendered after)."""
         return self.turns[-1].message if self.turns else None

@@ -44,7 +44,7 @@ from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.offer import ToolOffer
-from templora_memory.recall import HybridRecall, synced
+from templora_memory.recall import HybridRecall
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
 from templora_memory.store import AgentStore, open_store
@@ -290,20 +290,13 @@ class MemoryEngine:
         talk = state.conversation
         start = self._window.start(talk.system, talk.turns, tools)
         self._writer.write(state, in_window=sum(len(turn.tokens) for turn in talk.turns[start:]))
-        talk.drop_before(
-            window_start([len(t.tokens) for t in talk.turns], self.config.window_tokens),
-            archive=self.config.recall_tokens > 0,
-        )
+        talk.drop_before(window_start(talk.sizes, self.config.window_tokens), archive=self.config.recall_tokens > 0)
 
     def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> tuple[list[int], list[Turn]]:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
         talk = state.conversation
         window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
-        recalled = []
-        if self._recall is not None:
-            state.archive_index = synced(state.archive_index, talk.archive)
-            recalled = self._recall.turns(talk.archive, window, state.archive_index)
-        turns = [*recalled, *window]
+        turns = [*(self._recall.turns(talk.archive, window, state) if self._recall is not None else []), *window]
         return self.renderer.prompt(talk.system, turns, tools), turns
 
     def _respond(

@@ -12,6 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from templora_memory.conversation import ChatRenderer
 from templora_memory.message import Message, Turn
@@ -82,9 +83,12 @@ class HybridRecall:
         self.renderer = renderer
         self.budget = budget
 
-    def turns(self, archive: Sequence[Message], window: Sequence[Turn], index: BM25Index) -> list[Turn]:
-        """Archived turns matching the window's newest user turn, oldest first, rendered, within the budget
-        (`index`: the archive's, brought up to date by `synced`)."""
+    def turns(self, archive: Sequence[Message], window: Sequence[Turn], keeper: Any) -> list[Turn]:
+        """Archived turns matching the window's newest user turn, oldest first, rendered, within the budget.
+
+        `keeper.archive_index` (an agent's state) holds the archive's index between replies, brought up to date
+        here."""
+        keeper.archive_index = index = synced(keeper.archive_index, archive)
         query = next((t.message for t in reversed(window) if t.message["role"] == "user"), None)
         if not archive or query is None:
             return []
