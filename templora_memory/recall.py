@@ -39,6 +39,7 @@ class BM25Index:
     def __init__(self, texts: Sequence[str] = ()) -> None:
         self.postings: dict[str, list[tuple[int, int]]] = {}  # word -> (document, count), in document order
         self.lengths: list[int] = []
+        self.total = 0  # words over all documents, kept so a search does not sum the lengths again
         self.first = ""  # the first text, to notice an archive cut from the front
         self.extend(texts)
 
@@ -54,12 +55,13 @@ class BM25Index:
             for word, count in Counter(words).items():
                 self.postings.setdefault(word, []).append((len(self.lengths), count))
             self.lengths.append(len(words))
+            self.total += len(words)
 
     def top(self, query: str, k: int) -> list[int]:
         """The documents that best match `query` (at most `k`, none scoring 0), best first, earliest first on ties."""
         if not self.lengths or k <= 0:
             return []
-        average = max(sum(self.lengths) / len(self.lengths), 1e-9)
+        average = max(self.total / len(self.lengths), 1e-9)
         scores: Counter[int] = Counter()
         for word in set(terms(query)):
             found = self.postings.get(word, [])
