@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from benchmarks import common
-from benchmarks.general_checks import GENERAL
+from benchmarks.general_checks import SETS as GENERAL_SETS
 from benchmarks.recall_facts import SPLITS
 from benchmarks.recall_report import near_misses, plot, summarize, summarize_general, table
 from benchmarks.recall_scenarios import Scenario, build_scenario, contains_answer
@@ -217,9 +217,9 @@ def answer(
 
 
 def _general_questions(index: int, options) -> list[tuple[str, tuple[str, ...]]]:
-    """Conversation `index`'s share of the general questions: the next `general_questions` of them, in turn."""
-    count = options.general_questions
-    return [GENERAL[(index * count + j) % len(GENERAL)] for j in range(count)]
+    """Conversation `index`'s share of its split's general questions: the next `general_questions` of them, in turn."""
+    count, general = options.general_questions, GENERAL_SETS[options.split]
+    return [general[(index * count + j) % len(general)] for j in range(count)]
 
 
 def check_general(engine: MemoryEngine, scenario: Scenario, questions, max_tokens: int) -> list[dict]:

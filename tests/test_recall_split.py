@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.general_checks import GENERAL
+from benchmarks.general_checks import GENERAL, GENERAL_TUNING
 from benchmarks.recall_facts import REPORT, TUNING
 from benchmarks.recall_report import summarize, summarize_general
 from benchmarks.recall_scenarios import build_scenario, normalise
@@ -60,10 +60,17 @@ def test_a_two_fact_telling_asks_both_facts_and_an_npc_telling_is_said_by_the_np
 
 def test_the_general_questions_share_no_content_word_with_the_anchors():
     anchor_words = set().union(*(_words(q) | _words(a) for q, a in ANCHORS))
-    assert len(GENERAL) == 48 and len({q for q, _ in GENERAL}) == 48
-    for question, answers in GENERAL:
-        shared = (_words(question) | set().union(*map(_words, answers))) & anchor_words
-        assert not shared, (question, shared)
+    for general in (GENERAL, GENERAL_TUNING):
+        assert len(general) == 48 and len({q for q, _ in general}) == 48
+        for question, answers in general:
+            shared = (_words(question) | set().union(*map(_words, answers))) & anchor_words
+            assert not shared, (question, shared)
+
+
+def test_the_tuning_general_set_asks_nothing_the_report_set_asks_or_accepts():
+    report_answers = {a for _, answers in GENERAL for a in answers}
+    assert not {q for q, _ in GENERAL} & {q for q, _ in GENERAL_TUNING}
+    assert not report_answers & {a for _, answers in GENERAL_TUNING for a in answers}
 
 
 def test_gap_closed_counts_only_questions_the_ceiling_answers_and_intervals_bracket_the_rate():
@@ -86,4 +93,4 @@ def test_gap_closed_counts_only_questions_the_ceiling_answers_and_intervals_brac
 
 def test_no_general_question_names_a_fact_the_benchmark_tells():
     told = {v.lower() for k in (*TUNING, *REPORT) for row in k.values for v in row}
-    assert not any(re.search(rf"\b{re.escape(v)}\b", q.lower()) for q, _ in GENERAL for v in told)
+    assert not any(re.search(rf"\b{re.escape(v)}\b", q.lower()) for q, _ in (*GENERAL, *GENERAL_TUNING) for v in told)
