@@ -8,10 +8,10 @@ from __future__ import annotations
 from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware
 
 from examples._common import memory, parser
 from templora_memory import AgentStats, MemoryEngine
+from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware
 
 FACTS = [
     "My name is Mara and I run the bakery on Elm Street.",

@@ -9,9 +9,9 @@ pytest.importorskip("langchain.agents")
 from langchain.agents import create_agent  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
-from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware, safe_cutoff  # noqa: E402
 
 from templora_memory import InvalidInputError, ParametricMemory  # noqa: E402
+from templora_memory.integrations.langchain_middleware import ParametricMemoryMiddleware, safe_cutoff  # noqa: E402
 from templora_memory.message import fingerprint  # noqa: E402
 from tests.schemas import ADD_CALL, add  # noqa: E402
 

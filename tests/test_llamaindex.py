@@ -19,9 +19,9 @@ from llama_index.core.chat_engine import SimpleChatEngine  # noqa: E402
 from llama_index.core.memory import Memory  # noqa: E402
 from llama_index.core.prompts import PromptTemplate  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
-from templora_memory.integrations.llamaindex import TemploraLLM, TemploraMemory, TemploraMemoryBlock  # noqa: E402
 
 from templora_memory import InvalidInputError  # noqa: E402
+from templora_memory.integrations.llamaindex import TemploraLLM, TemploraMemory, TemploraMemoryBlock  # noqa: E402
 from tests.schemas import ADD_CALL, Person  # noqa: E402
 
 PRICES = {"bread": "2.40 EUR", "milk": "1.10 EUR", "eggs": "3.20 EUR"}

@@ -8,9 +8,9 @@ from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.memory.memory import BaseMemoryBlock
 from llama_index.core.memory.types import BaseMemory
-from templora_memory.integrations.llamaindex._messages import from_template, to_template
 
 from templora_memory import InvalidInputError, MemoryEngine
+from templora_memory.integrations.llamaindex._messages import from_template, to_template
 
 
 def _engine_of(source: Any) -> MemoryEngine:
