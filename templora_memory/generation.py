@@ -19,9 +19,13 @@ CHAT_REPETITION_PENALTY = 1.1
 """The chat model's and the server's repetition penalty: the 135M default model loops without one."""
 
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this pick greedily (as vLLM does): dividing logits by 1e-300 gives inf and nan probabilities."""
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is picked: greedy when temperature is 0."""
+    """How the next token is picked: greedy when temperature is 0 (or below `GREEDY_BELOW`)."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -55,7 +59,7 @@ def generate_tokens(
     """
     # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
     seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed % 2**64)  # torch takes 64 bits; any integer seeds it
     if isinstance(model, LogitsSource):  # another backend (llama.cpp) that keeps its own states
         feed, step = list(prompt), model.next_logits
     else:
@@ -140,7 +144,7 @@ def _pick(logits: torch.Tensor, seen: torch.Tensor, sampling: Sampling, generato
         logits[seen] = torch.where(
             previous > 0, previous / sampling.repetition_penalty, previous * sampling.repetition_penalty
         )
-    if sampling.temperature <= 0:
+    if sampling.temperature < GREEDY_BELOW:
         return int(logits.argmax())
     probs = torch.softmax(logits / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:

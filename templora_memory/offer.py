@@ -13,6 +13,7 @@ from typing import Any
 
 from templora_memory.constrained import ANY_OBJECT, json_grammar
 from templora_memory.errors import InvalidInputError
+from templora_memory.json_schemas import check_schema
 from templora_memory.tools import ToolSchema, required_call_grammar
 
 REQUIRED_CHOICES = ("any", "required", True)
@@ -41,11 +42,20 @@ class ToolOffer:
     ) -> ToolOffer:
         """The offer of `tools` under `choice`, or of a JSON `response_format`, for a model with `chat_template`.
 
-        A tool choice naming no offered tool raises `InvalidInputError` listing the offered ones.
+        A tool choice naming no offered tool raises `InvalidInputError` listing the offered ones; so does a schema
+        that cannot constrain generation (see `json_schemas.check_schema`).
         """
+        for index, tool in enumerate(tools or []):
+            function = tool["function"]
+            parameters = function.get("parameters") or {"type": "object"}
+            check_schema(
+                parameters, f"the parameters of tool {function['name']!r}", f"tools.[{index}].function.parameters"
+            )
         offered = offered_tools(tools, choice) if tools and choice not in ("none", False) else None
         if response_format is not None:
-            return cls(offered, json_grammar(response_schema(response_format)))
+            schema = response_schema(response_format)
+            check_schema(schema, "the response_format's schema", "response_format")
+            return cls(offered, json_grammar(schema))
         if offered and is_required(choice):
             return cls(offered, required_call_grammar(offered, chat_template))
         return cls(offered, None)

@@ -135,7 +135,8 @@ def _offer(request: ChatCompletionRequest, engine: MemoryEngine) -> ToolOffer:
     try:
         return ToolOffer.of(tools or None, choice, response_format, engine.tokenizer.chat_template)
     except InvalidInputError as exc:
-        raise ApiError(400, str(exc), param="tool_choice" if response_format is None else "response_format") from None
+        fallback = "tool_choice" if response_format is None else "response_format"
+        raise ApiError(400, str(exc), param=exc.param or fallback) from None
 
 
 def _response_format(response_format: ResponseFormat | None) -> dict[str, Any] | None:

@@ -45,10 +45,11 @@ class Guard:
         if self._key is None or path in OPEN_PATHS:
             return
         challenge = {"WWW-Authenticate": "Bearer"}
-        if not authorization or not authorization.startswith(b"Bearer "):
+        scheme, _, credentials = (authorization or b"").strip().partition(b" ")
+        if scheme.lower() != b"bearer":  # the scheme is case-insensitive (RFC 9110, 11.1)
             message = "no API key: send the header 'Authorization: Bearer <key>' (the key the server was started with)"
             raise ApiError(401, message, code="invalid_api_key", headers=challenge)
-        if not hmac.compare_digest(authorization.removeprefix(b"Bearer ").strip(), self._key):
+        if not hmac.compare_digest(credentials.strip(), self._key):
             raise ApiError(401, "incorrect API key", code="invalid_api_key", headers=challenge)
 
 

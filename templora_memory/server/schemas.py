@@ -7,9 +7,29 @@ Fields OpenAI defines that change nothing here (`frequency_penalty`, `logit_bias
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic.types import Strict
+
+INT64 = 2**63
+"""OpenAI's integers are 64-bit: a `seed` outside [-2**63, 2**63) is refused."""
+
+
+def _encodable(text: str) -> str:
+    """Text must encode as UTF-8: JSON's "\\ud800" escape gives a lone surrogate no tokenizer can read."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds a lone surrogate at character {exc.start} (\\u{ord(text[exc.start]):04x}); send "
+            "valid UTF-8 text (a surrogate pair, or the character itself)"
+        ) from None
+    return text
+
+
+StrictStr = Annotated[str, Strict(), AfterValidator(_encodable)]
+"""A JSON string, never a number, and valid Unicode."""
 
 
 class _Open(BaseModel):
@@ -134,7 +154,7 @@ class _Generation(_Open):
     """Defaults to 0 (greedy), as `ParametricMemory` does; OpenAI's default is 1."""
     top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=-INT64, lt=INT64)
     user: StrictStr | None = None
     n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
     repetition_penalty: StrictFloat | None = Field(None, ge=1.0)
