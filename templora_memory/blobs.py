@@ -9,6 +9,7 @@ PUT (`If-None-Match: *` to create, `If-Match: <etag>` to replace), which s3fs pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -18,17 +19,60 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from templora_memory.errors import StoreError
+from templora_memory.errors import StoreError, StoreUnavailableError
 
 Tag = str
 """What a conditional write compares: a digest of the local file, the object's ETag on S3."""
 
 
+_OPERATIONS = ("read", "read_tagged", "write", "swap", "children", "remove", "remove_tree", "copy")
+
+
+def _medium_faults() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the medium failed: OS and connection errors, and botocore's own (s3fs lets some,
+    such as `EndpointConnectionError`, through untranslated)."""
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return (OSError, TimeoutError)
+    return (OSError, TimeoutError, BotoCoreError)
+
+
+def _faults_translated(operation: Any) -> Any:
+    """`operation` raising `StoreUnavailableError` (from the original) for a fault of the medium."""
+
+    @functools.wraps(operation)
+    def translated(self: Blobs, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return operation(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except _medium_faults() as exc:
+            if missing_credentials(exc):
+                raise  # not a fault of the medium: the store's opening says which variables to set
+            raise StoreUnavailableError(
+                f"the store at {self.url} failed ({type(exc).__name__}: {str(exc)[:200]}); retry shortly"
+            ) from exc
+
+    return translated
+
+
 class Blobs(ABC):
-    """Objects under one root, named by '/'-separated paths relative to it."""
+    """Objects under one root, named by '/'-separated paths relative to it.
+
+    Every operation of a back-end raises `StoreUnavailableError` for a fault of the medium (a network error, a
+    full disk, an S3 error other than "not found"), so callers tell "retry later" from "damaged".
+    """
 
     url: str
     """The root, as the user wrote it (for messages)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each operation a back-end defines so that its faults come out as `StoreUnavailableError`."""
+        super().__init_subclass__(**kwargs)
+        for name in _OPERATIONS:
+            if name in cls.__dict__:
+                setattr(cls, name, _faults_translated(cls.__dict__[name]))
 
     @abstractmethod
     def read(self, path: str) -> bytes | None:

@@ -38,7 +38,7 @@ from templora_memory.conversation import (
 )
 from templora_memory.decoding import decoder_for
 from templora_memory.distill import ProbeTeacher
-from templora_memory.errors import InvalidInputError
+from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
@@ -111,6 +111,10 @@ class MemoryEngine:
         """Ids of the agents that have a memory, in RAM or in the store."""
         return self._residency.ids()
 
+    def damaged_agents(self) -> dict[str, str]:
+        """Store folders (`store_key`s) the last `agent_ids` skipped because their files are damaged, with why."""
+        return dict(self._residency.damaged)
+
     def resident_ids(self) -> list[str]:
         """Ids of the agents whose adapter is in RAM, least recently used first."""
         return self._residency.resident_ids()
@@ -151,9 +155,10 @@ class MemoryEngine:
         return self._residency.release(agent_id, self._writer.settle)
 
     def close(self) -> None:
-        """Release every agent in RAM (committed, leases given back); the engine stays usable."""
-        for agent_id in self.resident_ids():
-            self.release(agent_id)
+        """Release every agent in RAM (committed, leases given back), each one that can be even if others fail
+        (then `StoreError` names them); the engine stays usable."""
+        if failed := self._residency.release_all(self._writer.settle):
+            raise StoreError(f"{len(failed)} agent(s) could not be committed and released: {failed}")
 
     def export(self, agent_id: str, destination: str | os.PathLike) -> Path:
         """Copy the agent's memory into a new directory (peft adapter files + state) to move it elsewhere."""

@@ -16,6 +16,16 @@ class ModelNotFoundError(TemploraError):
 class InvalidInputError(TemploraError, ValueError):
     """A message, agent id or text given by the caller cannot be used as it is."""
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        """`param` names the offending request field where one is known (the server's 400 names it)."""
+        super().__init__(message)
+        self.param = param
+
+
+class WriteStopped(TemploraError):
+    """Synchronous writing stopped at a chunk boundary because its caller gave up (timeout, client gone, shutdown);
+    every turn is kept, its tokens pending (committed and journaled) until a later write trains them."""
+
 
 class UnknownAgentError(TemploraError, LookupError):
     """A read named an agent that has no memory (a typo, or an agent forgotten); check with `exists()` first."""
@@ -23,6 +33,14 @@ class UnknownAgentError(TemploraError, LookupError):
 
 class StoreError(TemploraError):
     """A persisted agent cannot be read or written."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or refused an operation (network, disk); retrying later may succeed."""
+
+
+class DamagedAgentError(StoreError):
+    """An agent's files in the store are damaged (and no earlier good version is left); it cannot be loaded."""
 
 
 class AgentBusyError(StoreError):

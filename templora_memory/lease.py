@@ -6,6 +6,11 @@ renewed in the background while the agent is resident, and released when the age
 it held waits, then gets `AgentBusyError`. A lease alone cannot stop a writer that was paused past its expiry:
 the store also fences every commit on the agent's pointer (see `store.py`), so such a writer's commit is refused.
 Clocks of the machines sharing a store must agree to well within the lease's length.
+
+Renewal survives any error (an unreachable store, a bug in a client library): each failure is logged with the
+agent and the error, and retried sooner, with backoff, until the lease would run out. A lease not renewed in time
+stops being `usable` a margin before it expires, so the agent stops being served (see `check`) before another
+process may take it; if renewal succeeds later and no one took the lease meanwhile, serving resumes.
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ import uuid
 from dataclasses import dataclass, field
 
 from templora_memory.blobs import Blobs, Tag
-from templora_memory.errors import AgentBusyError, ConfigError
+from templora_memory.errors import AgentBusyError, ConfigError, LeaseLostError, StoreUnavailableError
 
 log = logging.getLogger("templora_memory.lease")
 HOST = socket.gethostname()
+MARGIN = 0.1
+"""The share of a lease's length before its expiry at which this process stops using it (clock skew, pauses)."""
+FIRST_RETRY = 0.2
+"""Seconds before the first retry of a failed renewal; doubled at each failure, up to a sixth of the lease."""
 
 
 @dataclass
@@ -34,6 +43,8 @@ class Lease:
     token: str
     tag: Tag
     expires: float
+    what: str = ""
+    """The agent it is for, in words (for logs and errors)."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     """Renewal and release of this lease take turns."""
 
@@ -73,7 +84,7 @@ class Leases:
             data, tag = self.blobs.read_tagged(path)
             holder = _holder(data)
             if holder is None or holder.free():
-                lease = Lease(path, uuid.uuid4().hex, "", time.time() + self.seconds)
+                lease = Lease(path, uuid.uuid4().hex, "", time.time() + self.seconds, what)
                 new_tag = self.blobs.swap(path, _encode(lease), tag)
                 if new_tag is not None:
                     lease.tag = new_tag
@@ -102,6 +113,21 @@ class Leases:
             if self._held.get(lease.path) is lease:
                 del self._held[lease.path]
 
+    def check(self, lease: Lease) -> None:
+        """Raise unless this process may still act on the lease: `LeaseLostError` once another writer took it,
+        `StoreUnavailableError` while it cannot be renewed (near or past its expiry, one renewal is tried first)."""
+        if self._held.get(lease.path) is lease and lease.expires - time.time() < MARGIN * self.seconds:
+            self._renew(lease)  # the background renewal fell behind (a paused process, a store that was down)
+        if self._held.get(lease.path) is not lease:
+            raise LeaseLostError(f"another writer took over {lease.what} (this process's lease lapsed)")
+        left = lease.expires - time.time()
+        if left < MARGIN * self.seconds:
+            state = f"expires in {left:.1f} s" if left > 0 else f"expired {-left:.1f} s ago"
+            raise StoreUnavailableError(
+                f"this process could not renew its lease on {lease.what} (the store did not answer; it {state}), "
+                "so it stops serving the agent until renewal succeeds; retry shortly"
+            )
+
     def _hold(self, lease: Lease) -> None:
         """Keep the lease renewed from now on (starting the renewal thread if none runs)."""
         with self._lock:
@@ -111,33 +137,40 @@ class Leases:
                 self._renewer.start()
 
     def _renew_all(self) -> None:
-        """Every third of a lease's length, extend each lease held; end when none is held."""
+        """Every third of a lease's length, extend each lease held (failed ones sooner, with backoff); end when
+        none is held. No error ends this thread."""
+        retry = FIRST_RETRY
         while True:
-            time.sleep(self.seconds / 3)
             with self._lock:
                 held = list(self._held.values())
                 if not held:
                     self._renewer = None
                     return
-            for lease in held:
-                self._renew(lease)
+            failed = [lease for lease in held if not self._renew(lease)]
+            retry = min(retry * 2, self.seconds / 6) if failed else FIRST_RETRY
+            time.sleep(retry if failed else self.seconds / 3)
 
-    def _renew(self, lease: Lease) -> None:
-        """Extend one lease; if its object changed, another writer took it over and it is dropped."""
+    def _renew(self, lease: Lease) -> bool:
+        """Extend one lease; if its object changed, another writer took it over and it is dropped. False when the
+        renewal failed (logged) and should be tried again soon."""
         with lease.lock:
             if self._held.get(lease.path) is not lease:
-                return  # released meanwhile
+                return True  # released meanwhile
             expires = time.time() + self.seconds
             try:
                 tag = self.blobs.swap(lease.path, _encode(lease, expires), lease.tag)
-            except OSError as exc:  # the store is unreachable for now: try again next round
-                log.warning("could not renew the lease %s: %s", lease.path, exc)
-                return
+            except Exception as exc:  # noqa: BLE001 - any failure: try again soon, the thread must live on
+                left = lease.expires - time.time()
+                log.warning("could not renew the lease on %s (%.1f s left): %r", lease.what, left, exc)
+                return False
             if tag is None:
-                log.warning("lease %s was taken over by another writer; its commits will be refused", lease.path)
+                log.warning("the lease on %s was taken over by another writer; its commits will be refused", lease.what)
                 self.drop(lease)
-                return
+                return True
+            if lease.expires < time.time() + MARGIN * self.seconds:
+                log.info("renewed the lease on %s again", lease.what)
             lease.tag, lease.expires = tag, expires
+            return True
 
 
 def _encode(lease: Lease, expires: float | None = None) -> bytes:

@@ -9,6 +9,7 @@ holds its lease in the store (one writer per agent across processes); it is give
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -22,11 +23,12 @@ from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agen
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.distill import TaughtProbe
-from templora_memory.errors import ConfigError, LeaseLostError, StoreError, UnknownAgentError
+from templora_memory.errors import ConfigError, DamagedAgentError, LeaseLostError, StoreError, UnknownAgentError
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.message import Turn
 from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, store_key
 
+log = logging.getLogger("templora_memory")
 _SHAPE_FIELDS = ("lora_rank", "lora_alpha", "target_modules")  # a stored adapter must match these
 _LOADERS = 64  # agents are loaded by at most this many threads at once (one per agent)
 Settle = Callable[[AgentState, bool], None]
@@ -66,6 +68,8 @@ class Residency:
         self._agents: OrderedDict[str, AgentState] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()  # re-entered when a commit refused during an eviction drops the agent
         self._loaders = [threading.Lock() for _ in range(_LOADERS)]  # one loader per agent, outside `_lock`
+        self.damaged: dict[str, str] = {}
+        """Store keys of the agents the last listing could not read, with the reason."""
 
     @contextlib.contextmanager
     def locked(self, agent_id: str) -> Iterator[AgentState]:
@@ -76,6 +80,7 @@ class Residency:
             with state.lock:
                 if state.evicted:
                     continue  # evicted between the lookup and the lock: look it up again
+                self._check_lease(state)
                 state.users += 1
                 try:
                     yield state
@@ -113,7 +118,14 @@ class Residency:
         with self._lock:
             ids = set(self._agents)
         if self.store is not None:
-            ids.update(self.store.record(key).get("agent_id", key) for key in self.store.keys())
+            damaged = {}
+            for key in self.store.keys():
+                try:
+                    ids.add(str(self.store.record(key).get("agent_id", key)))
+                except DamagedAgentError as exc:  # one damaged agent must not hide the others
+                    damaged[key] = str(exc)
+                    log.warning("listing skips a damaged agent: %s", exc)
+            self.damaged = damaged
         return sorted(ids)
 
     def resident_ids(self) -> list[str]:
@@ -142,8 +154,9 @@ class Residency:
         self.require(agent_id)
         state = self._agents.get(agent_id)
         if state is None and self.store is not None and self.store.has(store_key(agent_id)):
-            record = self.store.record(store_key(agent_id))
-            state = AgentState.from_record(agent_id, record) if record else None
+            with _naming(agent_id):
+                record = self.store.record(store_key(agent_id))
+                state = _from_record(agent_id, record) if record else None
         return (state or AgentState(agent_id)).stats()
 
     def forget(self, agent_id: str) -> bool:
@@ -176,6 +189,17 @@ class Residency:
             with self._lock:
                 self._evict(state, keep_slot=False)
         return True
+
+    def release_all(self, settle: Settle) -> dict[str, str]:
+        """`release` every agent in RAM, going on past failures (logged); returns the failed ids with the error."""
+        failed = {}
+        for agent_id in self.resident_ids():
+            try:
+                self.release(agent_id, settle)
+            except Exception as exc:  # noqa: BLE001 - one agent's fault must not keep the others from their commit
+                log.error("agent %r could not be committed and released: %r", agent_id, exc)
+                failed[agent_id] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return failed
 
     def save(self, agent_id: str) -> None:
         """Commit the agent, weights included."""
@@ -238,9 +262,10 @@ class Residency:
             if state is not None:
                 return state
             key = store_key(agent_id)
-            stored = self.store.acquire(key) if self.store is not None else None
+            with _naming(agent_id):
+                stored = self.store.acquire(key) if self.store is not None else None
             try:
-                with self._lock:
+                with self._lock, _naming(agent_id):
                     self._make_room()  # first, so the agent coming in reuses the adapter slot of one leaving
                     state = self._agents[agent_id] = self._install(agent_id, stored)
             except BaseException:
@@ -248,6 +273,17 @@ class Residency:
                     self.store.release(key)
                 raise
             return state
+
+    def _check_lease(self, state: AgentState) -> None:
+        """Serve an agent only while this process's lease on it is good (see `Leases.check`); an agent another
+        process took over leaves RAM uncommitted (its next call loads that process's commits)."""
+        if self.store is None:
+            return
+        try:
+            self.store.check(store_key(state.agent_id))
+        except LeaseLostError:
+            self._drop(state)
+            raise
 
     def _lookup(self, agent_id: str) -> AgentState | None:
         """The agent if it is in RAM (now the most recently used), else None."""
@@ -275,7 +311,7 @@ class Residency:
 
     def _restore(self, agent_id: str, stored: StoredAgent) -> AgentState:
         """The agent as last committed, plus the turns journaled after that commit (written at its next write)."""
-        state = AgentState.from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
+        state = _from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
         where = self.store.locate(store_key(agent_id))
         if stored.weights is not None:
             try:
@@ -287,10 +323,14 @@ class Residency:
                 state.optimizer.load_state_dict(stored.weights.optimizer)
             state.reservoir = [TaughtProbe.from_record(record) for record in stored.weights.replay]
         elif state.steps:
-            raise StoreError(f"{where} lost the weights of a trained adapter")
+            raise DamagedAgentError(f"{where} lost the weights of a trained adapter")
         talk = state.conversation
         backlog = [message for seq, message in stored.journal if seq >= len(talk.fingerprints)]
-        for turn in self.renderer.turns(backlog, talk.last_message):
+        try:
+            turns = self.renderer.turns(backlog, talk.last_message)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamagedAgentError(f"the journal in {where} holds a turn that is not a message ({exc!r:.80})") from exc
+        for turn in turns:
             talk.append(turn)
         return state
 
@@ -347,3 +387,22 @@ class Residency:
                 + (f" with {detail}" if detail else "")
                 + f"; this engine runs {self.model_name!r}. Load it with the same model and LoRA shape."
             )
+
+
+def _from_record(agent_id: str, record: dict) -> AgentState:
+    """The agent's state from its stored record; a record of the wrong shape is a `DamagedAgentError`."""
+    try:
+        return AgentState.from_record(agent_id, record)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DamagedAgentError(f"its state.json has the wrong shape ({type(exc).__name__}: {exc!s:.80})") from exc
+
+
+@contextlib.contextmanager
+def _naming(agent_id: str) -> Iterator[None]:
+    """Damage found while loading the agent is reported with its id (the store knows only its folder)."""
+    try:
+        yield
+    except DamagedAgentError as exc:
+        if agent_id in str(exc):
+            raise
+        raise DamagedAgentError(f"agent {agent_id!r} cannot be loaded: {exc}") from exc

@@ -3,16 +3,18 @@
 Layout (one folder per agent, named by a hash of its id so no id can reach outside the store):
 
     <root>/templora-store.json              marks the root as a store (format version)
-    <root>/agents/<key>/CURRENT             the pointer: {"version": <name>, "writer": <the writer's lease token>}
+    <root>/agents/<key>/CURRENT             the pointer: {"version", "previous" (names), "writer" (a lease token)}
     <root>/agents/<key>/LEASE               who may write the agent now (see `lease.py`)
     <root>/agents/<key>/v00000007-1f2e3d4c/ adapter_model.safetensors + adapter_config.json (plain peft),
-                                            optimizer.pt, replay.pt (probes kept for replay), state.json
+                                            optimizer.pt, replay.pt (probes kept for replay), state.json,
+                                            digests.json (every file's sha256: see `versions.py`)
     <root>/agents/<key>/journal/00000012-<writer>.json   one turn received since that commit
 
 A commit writes a new version under a name no other writer uses (unchanged weight files are hard-linked, or
 copied server-side), then moves the pointer last, with a conditional write that succeeds only if the pointer
 is still the one this writer saw: a crash at any point leaves the previous commit whole, and the journal's
-turns are replayed on the next load. Taking an agent (`acquire`) takes its lease, loads it, and writes the
+turns are replayed on the next load. The version before the newest is kept, so a load that finds the newest
+damaged falls back to it. Taking an agent (`acquire`) takes its lease, loads it, and writes the
 pointer again with its own token: a writer that lost the lease can then neither move the pointer nor have its
 journal read. A version folder, once downloaded, loads with plain `PeftModel.from_pretrained`.
 """
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -32,19 +34,30 @@ from typing import Any
 from safetensors import SafetensorError
 
 from templora_memory.adapter_files import ADAPTER_WEIGHTS, WEIGHT_FILES, Weights, decode_weights, encode_weights
-from templora_memory.blobs import Tag, missing_credentials, open_blobs
-from templora_memory.errors import LeaseLostError, StoreError
+from templora_memory.blobs import missing_credentials, open_blobs
+from templora_memory.errors import DamagedAgentError, LeaseLostError, StoreError
 from templora_memory.lease import Lease, Leases
+from templora_memory.versions import (
+    DIGESTS,
+    FORMAT_VERSION,
+    STATE,
+    Pointer,
+    digest,
+    is_version,
+    manifest,
+    parse_pointer,
+    parse_state,
+    read_verified,
+    version_number,
+)
 
-FORMAT_VERSION = 1
+log = logging.getLogger("templora_memory.store")
 MARKER = "templora-store.json"
-STATE = "state.json"
 CURRENT = "CURRENT"
 LEASE = "LEASE"
 JOURNAL = "journal"
 OLD_JOURNAL = "journal.jsonl"
 """The journal of stores written before leases: one JSON line per turn, read when the pointer names no writer."""
-_VERSION = re.compile(r"v(\d{8})(-[0-9a-f]{8})?")
 
 
 def store_key(agent_id: str) -> str:
@@ -61,18 +74,6 @@ class StoredAgent:
     journal: list[tuple[int, dict[str, Any]]]
 
 
-@dataclass(frozen=True)
-class Pointer:
-    """The agent's CURRENT object: the committed version and the writer that holds the agent."""
-
-    version: str | None
-    writer: str | None
-    tag: Tag | None = None
-
-    def encode(self) -> bytes:
-        return json.dumps({"version": self.version, "writer": self.writer}).encode()
-
-
 @dataclass
 class _Held:
     """An agent this store writes: its lease, the pointer's tag as last written, whether a journal is left."""
@@ -82,6 +83,10 @@ class _Held:
     journaled: bool
     legacy: bool = False
     """The agent was written before leases and may still have the old one-file journal."""
+    loaded: str | None = None
+    """The version whose files were loaded (the newest good one), which the next commit builds on."""
+    digests: dict[str, str] | None = None
+    """The sha256 of each file of `loaded`."""
 
 
 class AgentStore:
@@ -160,8 +165,9 @@ class AgentStore:
         return [name for name in self.blobs.children("agents") if name.startswith("agent_") and self.has(name)]
 
     def record(self, key: str) -> dict[str, Any]:
-        """The agent's last committed state without its weights (empty before the first commit)."""
-        return self._commit_of(key)[1]
+        """The agent's last committed state without its weights (empty before the first commit); the previous
+        version's if the newest is damaged, and `DamagedAgentError` if both are."""
+        return self._commit_of(key)[2]
 
     # ----- writing (the lease holder) -------------------------------------------------------
 
@@ -185,6 +191,18 @@ class AgentStore:
         if held is not None:
             self._leases.release(held.lease)
 
+    def check(self, key: str) -> None:
+        """Raise unless this process may still serve the agent it holds: `LeaseLostError` once another writer took
+        it over (it is no longer held), `StoreUnavailableError` while its lease could not be renewed."""
+        held = self._held.get(key)
+        if held is None:
+            return
+        try:
+            self._leases.check(held.lease)
+        except LeaseLostError:
+            self._held.pop(key, None)
+            raise
+
     def close(self) -> None:
         """Release every agent this store holds."""
         for key in list(self._held):
@@ -194,20 +212,23 @@ class AgentStore:
         """Write a new version, then move the pointer if no other writer took the agent over (else
         `LeaseLostError`); `weights=None` keeps the weight files of the previous version."""
         held = self._holding(key)
-        previous = held.pointer.version
-        number = int(_VERSION.fullmatch(previous).group(1)) + 1 if previous else 1
-        version = f"v{number:08d}-{held.lease.token[:8]}"
+        version = f"v{version_number(held.pointer.version) + 1:08d}-{held.lease.token[:8]}"
         folder = f"agents/{key}/{version}"
+        digests: dict[str, str] = {}
         if weights is not None:
             for name, data in encode_weights(weights).items():
                 self.blobs.write(f"{folder}/{name}", data)
-        elif previous is not None:
-            kept = set(self.blobs.children(f"agents/{key}/{previous}"))
+                digests[name] = digest(data)
+        elif held.loaded is not None:
             for name in WEIGHT_FILES:
-                if name in kept:
-                    self.blobs.copy(f"agents/{key}/{previous}/{name}", f"{folder}/{name}")
-        self.blobs.write(f"{folder}/{STATE}", json.dumps(record, ensure_ascii=False).encode())
-        pointer = Pointer(version, held.lease.token)
+                if name in held.digests:
+                    self.blobs.copy(f"agents/{key}/{held.loaded}/{name}", f"{folder}/{name}")
+                    digests[name] = held.digests[name]
+        state = json.dumps(record, ensure_ascii=False).encode()
+        self.blobs.write(f"{folder}/{STATE}", state)
+        digests[STATE] = digest(state)
+        self.blobs.write(f"{folder}/{DIGESTS}", manifest(digests))  # last: a folder without it is partial
+        pointer = Pointer(version, held.lease.token, previous=held.loaded)
         tag = self.blobs.swap(_path(key, CURRENT), pointer.encode(), held.pointer.tag)
         if tag is None:
             self._held.pop(key, None)
@@ -217,14 +238,12 @@ class AgentStore:
                 "process's lease lapsed); this call's changes were not committed. Call again: the agent is "
                 "loaded afresh from its last commit"
             )
-        held.pointer = Pointer(version, held.lease.token, tag)
+        held.pointer = Pointer(version, held.lease.token, tag, held.loaded)
+        held.loaded, held.digests = version, digests
         if held.journaled:
             self._clear_journal(key, held.legacy)
             held.journaled = held.legacy = False
-        stale = [f"agents/{key}/{name}" for name in self.blobs.children(f"agents/{key}") if _is_version(name)]
-        for path in stale:
-            if not path.endswith(version):
-                self.blobs.remove_tree(path)
+        self._remove_stale(key, held.pointer)
 
     def journal(self, key: str, seq: int, message: dict[str, Any]) -> None:
         """Record one received turn (its index among all turns the agent saw) durably, before it is kept."""
@@ -243,7 +262,7 @@ class AgentStore:
     def export(self, key: str, destination: str | os.PathLike) -> Path:
         """Copy the agent's committed version into a new local directory `destination` (plain peft files)."""
         target = Path(destination).expanduser()
-        version = self._commit_of(key)[0].version
+        version = self._commit_of(key)[1]
         if version is None:
             raise StoreError(f"the agent in {self.locate(key)} has no committed version to export")
         if target.exists():
@@ -258,13 +277,17 @@ class AgentStore:
     def import_(self, key: str, source: str | os.PathLike) -> None:
         """Install a directory written by `export` as the agent `key`, replacing nothing (the key must be free)."""
         source = Path(source).expanduser()
-        _parse_state((source / STATE).read_bytes() if (source / STATE).exists() else b"", str(source / STATE))
+        parse_state((source / STATE).read_bytes() if (source / STATE).exists() else b"", str(source / STATE))
         if self.has(key):
             raise StoreError(f"the store already holds this agent at {self.locate(key)}; forget() it first")
         writer = uuid.uuid4().hex
         version = f"v00000001-{writer[:8]}"
+        digests = {}
         for path in sorted(p for p in source.iterdir() if p.is_file() and p.name in (*WEIGHT_FILES, STATE)):
-            self.blobs.write(f"agents/{key}/{version}/{path.name}", path.read_bytes())
+            data = path.read_bytes()
+            self.blobs.write(f"agents/{key}/{version}/{path.name}", data)
+            digests[path.name] = digest(data)
+        self.blobs.write(f"agents/{key}/{version}/{DIGESTS}", manifest(digests))
         if self.blobs.swap(_path(key, CURRENT), Pointer(version, writer).encode(), None) is None:
             raise StoreError(f"the store already holds this agent at {self.locate(key)}; forget() it first")
 
@@ -276,38 +299,81 @@ class AgentStore:
             raise StoreError(f"this store does not hold the agent in {self.locate(key)}: acquire it before writing")
         return held
 
-    def _commit_of(self, key: str) -> tuple[Pointer, dict[str, Any]]:
-        """The pointer and the state it names, read again if a commit replaced the version while it was read."""
+    def _commit_of(self, key: str) -> tuple[Pointer, str | None, dict[str, Any]]:
+        """The pointer, the newest good version it names and that version's state, read again if a commit
+        replaced the version while it was read."""
         where = self.blobs.locate(_path(key, CURRENT))
-        for _ in range(5):
+        while True:
             data, tag = self.blobs.read_tagged(_path(key, CURRENT))
-            pointer = _parse_pointer(data, tag, where)
+            pointer = parse_pointer(data, tag, where)
             if pointer.version is None:
-                return pointer, {}
-            state = self.blobs.read(f"agents/{key}/{pointer.version}/{STATE}")
-            if state is not None:
-                return pointer, _parse_state(state, self.blobs.locate(f"agents/{key}/{pointer.version}/{STATE}"))
-            if self.blobs.read_tagged(_path(key, CURRENT))[1] == tag:
-                break  # the pointer did not move: the version it names is missing
-        raise StoreError(f"{where} names no committed version ({pointer.version!r}); the agent's folder is damaged")
+                return pointer, None, {}
+            try:
+                version, files, _ = self._newest_good(key, pointer, (STATE,))
+                return pointer, version, files[STATE]
+            except DamagedAgentError:
+                if self.blobs.read_tagged(_path(key, CURRENT))[1] == tag:
+                    raise  # the pointer did not move: the versions it names are damaged
+
+    def _newest_good(
+        self, key: str, pointer: Pointer, names: tuple[str, ...]
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
+        """The first of the pointer's versions whose files (`names`) match their digests and parse: its name, its
+        files (state.json parsed, weights decoded) and their digests; falling back is logged as a warning."""
+        problems = []
+        for version in pointer.candidates():
+            folder = f"agents/{key}/{version}"
+            try:
+                files, digests = read_verified(self.blobs, folder, names)
+                loaded = {STATE: parse_state(files[STATE], self.blobs.locate(f"{folder}/{STATE}"))}
+                if ADAPTER_WEIGHTS in names:
+                    loaded[ADAPTER_WEIGHTS] = self._decode(files, folder)
+            except DamagedAgentError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                log.warning(
+                    "the newest version of the agent in %s is damaged (%s); loaded the previous one, %s: "
+                    "the changes of the damaged commit are lost",
+                    self.locate(key),
+                    problems[0],
+                    version,
+                )
+            return version, loaded, digests
+        raise DamagedAgentError(
+            f"the agent in {self.locate(key)} is damaged and has no good version left: {'; '.join(problems)}"
+        )
 
     def _fence(self, key: str, lease: Lease) -> tuple[StoredAgent | None, _Held]:
-        """Load the last commit and its writer's journal, then write the pointer again naming this writer."""
+        """Load the newest good commit and its writer's journal, write the pointer again naming this writer, and
+        remove the version folders the pointer does not name (left by writers that died mid-commit)."""
         while True:
-            pointer, record = self._commit_of(key)
-            weights = self._read_weights(key, pointer.version) if pointer.version else None
+            data, tag = self.blobs.read_tagged(_path(key, CURRENT))
+            pointer = parse_pointer(data, tag, self.blobs.locate(_path(key, CURRENT)))
+            version, record, weights, digests = None, {}, None, {}
+            if pointer.version is not None:
+                version, files, digests = self._newest_good(key, pointer, (*WEIGHT_FILES, STATE))
+                record, weights = files[STATE], files[ADAPTER_WEIGHTS]
             entries = self.blobs.children(f"agents/{key}/{JOURNAL}")
             journal = self._read_journal(key, entries, pointer.writer)
             for seq, message in journal:  # adopted: still replayed if this writer dies before its first commit
                 self._write_entry(key, lease.token, seq, message)
-            fenced = Pointer(pointer.version, lease.token)
+            fenced = Pointer(pointer.version, lease.token, previous=pointer.previous)
             tag = self.blobs.swap(_path(key, CURRENT), fenced.encode(), pointer.tag)
             if tag is None:
                 continue  # a commit landed meanwhile: load again
+            fenced = Pointer(pointer.version, lease.token, tag, pointer.previous)
+            self._remove_stale(key, fenced)
             legacy = pointer.writer is None and self.blobs.read(_path(key, OLD_JOURNAL)) is not None
-            held = _Held(lease, Pointer(pointer.version, lease.token, tag), bool(entries) or legacy, legacy)
+            held = _Held(lease, fenced, bool(entries) or legacy, legacy, version, digests)
             stored = StoredAgent(record, weights, journal) if pointer.version or journal else None
             return stored, held
+
+    def _remove_stale(self, key: str, pointer: Pointer) -> None:
+        """Delete the version folders the pointer names neither as newest nor as previous."""
+        for name in self.blobs.children(f"agents/{key}"):
+            if is_version(name) and name not in pointer.candidates():
+                self.blobs.remove_tree(f"agents/{key}/{name}")
 
     def _write_entry(self, key: str, writer: str, seq: int, message: dict[str, Any]) -> None:
         entry = json.dumps({"seq": seq, "writer": writer, "message": message}, ensure_ascii=False).encode()
@@ -327,40 +393,18 @@ class AgentStore:
         paths = [f"agents/{key}/{JOURNAL}/{name}" for name in self.blobs.children(f"agents/{key}/{JOURNAL}")]
         self.blobs.remove(paths + [_path(key, OLD_JOURNAL)] if legacy else paths)
 
-    def _read_weights(self, key: str, version: str) -> Weights | None:
-        folder = f"agents/{key}/{version}"
-        files = {name: self.blobs.read(f"{folder}/{name}") for name in WEIGHT_FILES}
+    def _decode(self, files: dict[str, bytes | None], folder: str) -> Weights | None:
+        """A version's weights from its files (None when it has no adapter)."""
         if files[ADAPTER_WEIGHTS] is None:
             return None
         try:
             return decode_weights(files)
-        except (OSError, ValueError, RuntimeError, SafetensorError, TypeError) as exc:
-            raise StoreError(
-                f"the adapter files in {self.blobs.locate(folder)} are damaged ({exc}); the agent cannot be loaded"
-            ) from exc
+        except (OSError, ValueError, RuntimeError, SafetensorError, TypeError, KeyError) as exc:
+            raise DamagedAgentError(f"the adapter files in {self.blobs.locate(folder)} are damaged ({exc})") from exc
 
 
 def _path(key: str, name: str) -> str:
     return f"agents/{key}/{name}"
-
-
-def _is_version(name: str) -> bool:
-    return _VERSION.fullmatch(name) is not None
-
-
-def _parse_pointer(data: bytes | None, tag: Tag | None, where: str) -> Pointer:
-    """The pointer object; a bare version name is a pointer of a store written before leases."""
-    if data is None:
-        return Pointer(None, None, None)
-    text = data.decode(errors="replace").strip()
-    try:
-        content = json.loads(text) if text.startswith("{") else {"version": text, "writer": None}
-        version, writer = content["version"], content["writer"]
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{where} is damaged ({text[:40]!r}); the agent cannot be loaded") from None
-    if version is not None and not _is_version(str(version)):
-        raise StoreError(f"{where} names no committed version ({str(version)[:40]!r}); the agent's folder is damaged")
-    return Pointer(version, writer, tag)
 
 
 def _check_marker(data: bytes, where: str) -> None:
@@ -370,16 +414,6 @@ def _check_marker(data: bytes, where: str) -> None:
         raise StoreError(f"{where} is unreadable ({exc}); it is not a templora-memory store marker") from exc
     if content.get("format") != "templora-memory" or content.get("version") != FORMAT_VERSION:
         raise StoreError(f"{where} describes {content}, not a templora-memory store of version {FORMAT_VERSION}")
-
-
-def _parse_state(data: bytes, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"{where} is missing or damaged ({exc}); the agent cannot be loaded") from exc
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{where} is not an agent state of format version {FORMAT_VERSION}")
-    return record
 
 
 def _journal_lines(data: bytes) -> list[tuple[int, dict[str, Any]]]:

@@ -161,7 +161,9 @@ def test_a_damaged_agent_file_names_the_file_and_other_agents_still_work(make_en
     engine.add_turns("broken", _turns(4))
     engine.add_turns("fine", _turns(4))
     engine.close()
-    engine.store.blobs.write(_version_file(engine.store, "broken", STATE), b"{ not json")
+    pointer = json.loads(engine.store.blobs.read(f"agents/{store_key('broken')}/{CURRENT}"))
+    for version in filter(None, (pointer["version"], pointer.get("previous"))):  # no good version to fall back to
+        engine.store.blobs.write(f"agents/{store_key('broken')}/{version}/{STATE}", b"{ not json")
 
     restarted = make_engine(store=store_url)
     with pytest.raises(StoreError, match=r"state\.json"):

@@ -36,11 +36,20 @@ router = APIRouter(prefix="/v1/agents")
 
 @router.get("")
 async def list_agents(request: Request) -> dict:
-    """Every agent with a memory, in RAM or in the store."""
+    """Every agent with a memory, in RAM or in the store; agents whose files are damaged are left out and listed
+    under "damaged" by their store folder (their ids are in the damaged files)."""
     engine = request.app.state.service.engine
     ids = await asyncio.to_thread(engine.agent_ids)
     resident = set(engine.resident_ids())
-    return {"object": "list", "data": [{"id": i, "object": "agent", "resident": i in resident} for i in ids]}
+    damaged = [
+        {"key": key, "error": "its files in the store are damaged; the log names them"}
+        for key in engine.damaged_agents()
+    ]
+    return {
+        "object": "list",
+        "data": [{"id": i, "object": "agent", "resident": i in resident} for i in ids],
+        "damaged": damaged,
+    }
 
 
 @router.get("/{agent_id}")

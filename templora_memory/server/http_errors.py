@@ -14,7 +14,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from templora_memory.errors import AgentBusyError, ConfigError, InvalidInputError, LeaseLostError, TemploraError
+from templora_memory.errors import (
+    AgentBusyError,
+    ConfigError,
+    DamagedAgentError,
+    InvalidInputError,
+    LeaseLostError,
+    StoreError,
+    StoreUnavailableError,
+    TemploraError,
+    WriteStopped,
+)
 
 log = logging.getLogger("templora_memory.server")
 
@@ -54,15 +64,58 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 
 
 def from_library(exc: TemploraError, param: str | None = None) -> ApiError:
-    """A library error as the client sees it: bad input or configuration is a 400, an agent another process writes a
-    409 with Retry-After, anything else a logged 500."""
+    """A library error as the client sees it: bad input or configuration is a 400; an agent another process writes
+    a 409; a store that cannot be reached, or an agent whose stored files are damaged, a 503 (with Retry-After
+    where retrying can help). Store errors are logged in full and answered in words that show no path or host."""
     if isinstance(exc, (InvalidInputError, ConfigError)):
-        return ApiError(400, str(exc), param=param)
-    if isinstance(exc, (AgentBusyError, LeaseLostError)):  # another process writes the agent: retry soon
-        code = "agent_busy" if isinstance(exc, AgentBusyError) else "agent_moved"
-        return ApiError(409, str(exc), code=code, headers={"Retry-After": "1"})
+        return ApiError(400, str(exc), param=param or getattr(exc, "param", None))
+    for kind, (status, code, retry, message) in _KNOWN_ERRORS.items():
+        if isinstance(exc, kind):
+            log.warning("store: %s: %s", type(exc).__name__, exc)
+            return ApiError(status, message, code=code, headers={"Retry-After": retry} if retry else None)
     log.error("library error", exc_info=exc)
     return ApiError(500, "the server failed to handle this request; its log has the details", code="server_error")
+
+
+_KNOWN_ERRORS = {
+    AgentBusyError: (
+        409,
+        "agent_busy",
+        "1",
+        "another server process is writing this agent (it holds the agent's lease); retry shortly, or send this "
+        "agent's calls to the process that holds it",
+    ),
+    LeaseLostError: (
+        409,
+        "agent_moved",
+        "1",
+        "another server process took this agent over; this request's changes were not kept. Retry: the agent is "
+        "loaded afresh from its last commit",
+    ),
+    StoreUnavailableError: (
+        503,
+        "store_unavailable",
+        "5",
+        "the agent store cannot be reached right now (or this server could not renew its hold on the agent); "
+        "nothing was lost, retry shortly",
+    ),
+    DamagedAgentError: (
+        503,
+        "agent_damaged",
+        None,
+        "this agent's memory is damaged in the store and has no good version to fall back to; the server's log "
+        "names the files (restore them from a backup, or DELETE the agent to start it afresh)",
+    ),
+    WriteStopped: (
+        503,
+        "stopped",
+        "1",
+        "the request was stopped before its reply (it timed out, or the server is shutting down); its turns are kept "
+        "and written later",
+    ),
+    StoreError: (503, "store_error", None, "the agent store refused this operation; the server's log has the details"),
+}
+"""Status, code, Retry-After and the client's message per store or stop error (the first that matches wins)."""
 
 
 def install_handlers(app: FastAPI) -> None:
