@@ -182,8 +182,18 @@ class Conversation:
         self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
         return chunk
 
+    def _first_pending_turn(self) -> int:
+        """Index of the oldest turn with a token still pending (`len(turns)` when none is)."""
+        index, covered = len(self.turns), 0
+        while index > 0 and covered < len(self.pending):
+            index -= 1
+            covered += len(self.turns[index].tokens)
+        return index
+
     def drop_before(self, start: int, archive: bool = False) -> None:
-        """Let go of the turns before `start` (they left the window and are written); `archive` keeps their text."""
+        """Let go of the turns before `start` that are written (they left the window); `archive` keeps their text.
+        A turn whose tokens are still pending (a bounded write left them) stays until they are written."""
+        start = min(start, self._first_pending_turn())
         if archive:
             self.archive.extend(turn.message for turn in self.turns[:start])
         self.turns = self.turns[start:]

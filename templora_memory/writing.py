@@ -12,11 +12,12 @@ commit). They differ only in when a full chunk trains (paper §3.2):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -29,8 +30,46 @@ from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, ChunkJob, agent_seed
 from templora_memory.config import TempLoraConfig
 from templora_memory.distill import ProbeTeacher
-from templora_memory.errors import TemploraError
+from templora_memory.errors import TemploraError, WriteStopped
 from templora_memory.synthetic import QuestionWriter
+
+_STOP = threading.local()
+"""What bounds this thread's synchronous writing (see `stop_on`): `event` and `budget` (tokens left)."""
+
+
+@contextlib.contextmanager
+def stop_on(event: threading.Event, budget: int | None = None) -> Iterator[None]:
+    """Within the block, this thread's chunk writing stops with `WriteStopped` before the next chunk once `event`
+    is set (a request that timed out or whose client left, a shutdown: each waits for one chunk at most), and
+    writes at most `budget` tokens (None: no bound): chunks past it are not trained now, their tokens stay pending
+    for a later write (the server's background writing)."""
+    previous = getattr(_STOP, "event", None), getattr(_STOP, "budget", None)
+    _STOP.event, _STOP.budget = event, budget
+    try:
+        yield
+    finally:
+        _STOP.event, _STOP.budget = previous
+
+
+def _within_budget(n_tokens: int) -> bool:
+    """Whether this thread may write `n_tokens` more now."""
+    budget = getattr(_STOP, "budget", None)
+    return budget is None or n_tokens <= budget
+
+
+def _spend(n_tokens: int) -> None:
+    if getattr(_STOP, "budget", None) is not None:
+        _STOP.budget -= n_tokens
+
+
+def _check_stop(state: AgentState) -> None:
+    event = getattr(_STOP, "event", None)
+    if event is not None and event.is_set():
+        raise WriteStopped(
+            f"writing into agent {state.agent_id!r} stopped at a chunk boundary; its "
+            f"{len(state.conversation.pending)} pending tokens are kept and written later"
+        )
+
 
 Commit = Callable[[AgentState], None]
 """Persists an agent (the residency's commit); called after every trained chunk."""
@@ -87,7 +126,7 @@ class ChunkWriter:
             return
         self.settle(state, wait=True)  # the window moved on: its tokens cannot wait for a background job
         overflow = len(state.conversation.pending) - in_window
-        if overflow > 0:
+        if overflow > 0 and _within_budget(overflow):  # else they stay pending, written later (see `stop_on`)
             self.write_now(state, overflow)
             self.write_due(state)
 
@@ -111,8 +150,8 @@ class ChunkWriter:
             self.write_due(state)
 
     def write_due(self, state: AgentState) -> None:
-        """Train each full chunk of Δ pending tokens."""
-        while len(state.conversation.pending) >= self.config.chunk_tokens:
+        """Train each full chunk of Δ pending tokens (as many as this thread's budget allows: see `stop_on`)."""
+        while len(state.conversation.pending) >= self.config.chunk_tokens and _within_budget(self.config.chunk_tokens):
             self.write_now(state, self.config.chunk_tokens)
 
     def settle(self, state: AgentState, wait: bool) -> None:
@@ -122,6 +161,8 @@ class ChunkWriter:
         """Train the next `n_tokens` pending tokens into the agent's adapter on the serving model."""
         if state.job is not None:
             raise TemploraError("a chunk is training in the background; settle it before writing synchronously")
+        _check_stop(state)
+        _spend(n_tokens)
         job = self._job(state, n_tokens)
         with self.model_lock, self.bank.active(state.agent_id) as model:
             state.optimizer = state.optimizer or trainer.new_optimizer(

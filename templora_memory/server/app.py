@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,11 +19,11 @@ from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 
 from templora_memory.engine import MemoryEngine
-from templora_memory.errors import ConfigError
+from templora_memory.errors import ConfigError, StoreError
 from templora_memory.server import agents, chat, text
 from templora_memory.server.guard import Guard
-from templora_memory.server.http_errors import install_handlers
-from templora_memory.server.scheduler import Scheduler
+from templora_memory.server.http_errors import ApiError, install_handlers
+from templora_memory.server.scheduler import QueueFull, Scheduler, ShuttingDown
 
 log = logging.getLogger("templora_memory.server")
 
@@ -43,13 +45,26 @@ class ServerSettings:
     max_import_bytes: int = 2**30
     """Largest agent archive POSTed to /v1/agents/{id}/import."""
     shutdown_timeout: float = 30.0
-    """Seconds replies in flight get to finish on shutdown before they are stopped."""
+    """Seconds replies in flight get to finish on shutdown before they are stopped (and commits get after)."""
+    sync_write_tokens: int = 2048
+    """Tokens a request trains before its reply at most; the rest stays pending and is written by background jobs
+    that take turns with other agents' requests."""
+    max_pending_tokens: int = 65536
+    """An agent's tokens waiting to be written at most; past it, its requests get 429 with Retry-After."""
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the server (web games); none by default."""
 
     def __post_init__(self) -> None:
         """Refuse bounds that could never admit work, naming the field."""
-        for name in ("workers", "max_queue", "request_timeout", "max_body_bytes", "max_import_bytes"):
+        for name in (
+            "workers",
+            "max_queue",
+            "request_timeout",
+            "max_body_bytes",
+            "max_import_bytes",
+            "sync_write_tokens",
+            "max_pending_tokens",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.workers > self.max_queue:
@@ -71,6 +86,39 @@ class Service:
         """Seconds each request may take."""
         return self.settings.request_timeout
 
+    def keep_writing(self, agent_id: str) -> None:
+        """While the agent has a full chunk pending (a request's write budget ran out), queue a background write
+        of one more budget; it takes its turn with other agents' requests, and queues the next when it ends."""
+        if self.backlog(agent_id) < self.engine.config.chunk_tokens or self.scheduler.busy(agent_id, "write"):
+            return
+        with contextlib.suppress(QueueFull, ShuttingDown):  # the agent's next request writes it instead
+            job = self.scheduler.submit(agent_id, "write", lambda stop: self.engine.wait(agent_id))
+            job.future.add_done_callback(_written)
+
+    def backlog(self, agent_id: str) -> int:
+        """Tokens the agent has waiting to be written (0 when it is not in RAM)."""
+        return self.engine.stats(agent_id).tokens_pending if agent_id in self.engine.resident_ids() else 0
+
+    def check_backlog(self, agent_id: str) -> None:
+        """429 while the agent's backlog is over `max_pending_tokens` (Retry-After: when it should be under)."""
+        pending, limit = self.backlog(agent_id), self.settings.max_pending_tokens
+        if pending > limit:
+            rounds = math.ceil((pending - limit) / self.settings.sync_write_tokens)
+            retry = str(max(1, min(600, rounds * self.scheduler.retry_after())))
+            raise ApiError(
+                429,
+                f"this agent has {pending} tokens waiting to be written, over the server's limit of {limit} "
+                "(--max-pending-tokens); retry after its backlog is written",
+                code="backlog_full",
+                headers={"Retry-After": retry},
+            )
+
+
+def _written(done: asyncio.Future) -> None:
+    """After a background write: its error is logged (the agent's next request writes what is left)."""
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.warning("background write failed: %r", error)
+
 
 def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> FastAPI:
     """The OpenAI-compatible app over `engine` (already loaded: tests and benchmarks pass their own).
@@ -84,11 +132,12 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Start the scheduler; on shutdown drain it and commit every resident agent."""
-        app.state.service = Service(engine, settings, Scheduler(settings.workers, settings.max_queue))
+        scheduler = Scheduler(settings.workers, settings.max_queue, settings.sync_write_tokens)
+        app.state.service = service = Service(engine, settings, scheduler)
+        scheduler.after = service.keep_writing
         yield
-        await app.state.service.scheduler.close()
-        committed = await asyncio.to_thread(commit_residents, engine)
-        log.info("shut down: %d resident agents committed", committed)
+        await app.state.service.scheduler.close()  # running jobs stop at their next chunk or text piece
+        await commit_residents(engine, settings.shutdown_timeout)
 
     app = FastAPI(title="templora-memory", summary="OpenAI-compatible chat with per-agent memory", lifespan=lifespan)
     install_handlers(app)
@@ -115,13 +164,29 @@ async def health(request: Request) -> dict:
     }
 
 
-def commit_residents(engine: MemoryEngine) -> int:
-    """Commit every agent in RAM to the store (after background training ends) and give its lease back, so
-    another process may take it at once; returns how many."""
+async def commit_residents(engine: MemoryEngine, timeout: float) -> None:
+    """Commit every agent in RAM to the store (its background chunk taken in first; pending tokens stay pending)
+    and give its lease back, so another process may take it at once: each one that can be, within `timeout`
+    seconds; the log names the agents that could not be (their journals keep their turns)."""
     if engine.store is None:
-        return 0
-    if engine.config.deployment == "parallel":
-        engine.wait()
-    residents = engine.resident_ids()
-    engine.close()
-    return len(residents)
+        return
+    residents, failure = engine.resident_ids(), []
+    done = threading.Event()
+
+    def close() -> None:
+        """On a daemon thread, so a store that hangs cannot hold the process past its timeout."""
+        try:
+            engine.close()
+        except StoreError as exc:
+            failure.append(str(exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=close, name="templora-shutdown", daemon=True).start()
+    if not await asyncio.to_thread(done.wait, timeout):
+        left = engine.resident_ids()
+        log.error("shutdown: %d agent(s) not committed within %g s: %s", len(left), timeout, left)
+    elif failure:
+        log.error("shutdown: %s", failure[0])
+    else:
+        log.info("shut down: %d resident agents committed", len(residents))

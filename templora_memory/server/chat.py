@@ -34,6 +34,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service = request.app.state.service
     agent_id = agent_of(request, body.user)
     call = prepare(body, service.engine)
+    service.check_backlog(agent_id)
     live = LiveReply(service.scheduler, service.engine, agent_id, call, Deadline(service.timeout, request))
     completion = Completion(service.engine.model_name)
     started = time.perf_counter()

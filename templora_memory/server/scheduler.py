@@ -21,6 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from templora_memory.writing import stop_on
+
+BOUNDED_KINDS = ("chat", "write")
+"""Jobs whose synchronous writing the write budget bounds (an explicit absorb is not bounded)."""
+
 
 class QueueFull(Exception):
     """Every place in the queue is taken; retry after `retry_after` seconds."""
@@ -57,10 +62,18 @@ class Job:
 class Scheduler:
     """Runs jobs on worker threads: bounded, serial per agent, round-robin across agents."""
 
-    def __init__(self, workers: int, max_queue: int) -> None:
-        """`workers` threads; at most `max_queue` jobs waiting or running."""
+    def __init__(
+        self,
+        workers: int,
+        max_queue: int,
+        write_budget: int | None = None,
+        after: Callable[[str], None] | None = None,
+    ) -> None:
+        """`workers` threads; at most `max_queue` jobs waiting or running. Chat and write jobs train at most
+        `write_budget` tokens each (None: no bound); `after(agent_id)` runs on the loop when one of them ends."""
         self.workers = workers
         self.max_queue = max_queue
+        self.write_budget, self.after = write_budget, after
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="templora-worker")
         self._waiting: dict[str, deque[Job]] = {}  # agents in the order they are served next
         self._running: dict[str, Job] = {}
@@ -111,8 +124,11 @@ class Scheduler:
         return max(1, min(120, math.ceil(self._seconds * max(1, self.size - self.workers + 1) / self.workers)))
 
     async def close(self) -> None:
-        """Take no more jobs, drop the waiting ones (their clients get `ShuttingDown`), let the running ones end."""
+        """Take no more jobs, drop the waiting ones (their clients get `ShuttingDown`), stop the running ones at
+        their next chunk or text piece and let them end."""
         self._closed = True
+        for job in self._running.values():
+            job.stop.set()
         for jobs in self._waiting.values():
             for job in jobs:
                 job.future.set_exception(ShuttingDown("the server shut down before this job started"))
@@ -139,7 +155,8 @@ class Scheduler:
         job.started = True
         job.times.append(time.monotonic())
         self._running[job.agent_id] = job
-        running = asyncio.get_running_loop().run_in_executor(self._pool, job.work, job.stop)
+        budget = self.write_budget if job.kind in BOUNDED_KINDS else None
+        running = asyncio.get_running_loop().run_in_executor(self._pool, _run, job, budget)
         running.add_done_callback(lambda done: self._finish(job, done))
 
     def _finish(self, job: Job, done: asyncio.Future) -> None:
@@ -158,3 +175,12 @@ class Scheduler:
         if job.stop.is_set() and not job.future.cancelled():
             job.future.exception()  # its client left; the outcome is retrieved here so it is never reported
         self._dispatch()
+        if self.after is not None and job.kind in BOUNDED_KINDS and not self._closed:
+            self.after(job.agent_id)
+
+
+def _run(job: Job, budget: int | None) -> Any:
+    """On a worker: the job's work, writing at most `budget` tokens and stopped at a chunk boundary once
+    `job.stop` is set."""
+    with stop_on(job.stop, budget):
+        return job.work(job.stop)
