@@ -7,6 +7,7 @@ the agent's LoRA adapter, where the model still knows them. Needs the `langchain
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,8 +80,8 @@ class ParametricMemoryMiddleware(AgentMiddleware):
         return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *kept]}
 
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        """Async agents run the same eviction (training runs on the calling thread, as in the engine)."""
-        return self.before_model(state, runtime)
+        """Async agents run the same eviction on a worker thread, so training never blocks the event loop."""
+        return await asyncio.to_thread(self.before_model, state, runtime)
 
     def _sizes(self, messages: Sequence[AnyMessage]) -> list[int]:
         """Tokens each message takes in the prompt, rendered by the model's chat template."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import agenerate_from_stream
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import (
     JsonOutputKeyToolsParser,
@@ -276,11 +278,14 @@ class ParametricMemory(BaseChatModel):
         agent_id = kwargs.pop("agent_id", None) or self.agent_id
         offer = self._offer(kwargs)
         stream = self._engine.respond(agent_id, to_template(messages), *self._sampling(kwargs, stop), offer)
-        for piece in stream:
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+        try:
+            for piece in stream:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
+        finally:
+            stream.close()  # on this thread (the engine's locks are its own); a reply cut short is not remembered
         reply = stream.reply
         yield ChatGenerationChunk(
             message=AIMessageChunk(
@@ -302,28 +307,46 @@ class ParametricMemory(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         # The engine holds thread-owned locks while a reply streams, so the whole reply is generated on
         # one worker thread (resuming `_stream` on varying executor threads deadlocks); chunks cross over
-        # to the event loop through a queue.
+        # to the event loop through a queue. A consumer that stops (cancelled, or the stream closed) stops
+        # the worker at its next piece, and the reply cut short is not remembered (as the server does).
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        done = object()
+        done, stopped = object(), threading.Event()
 
         def produce() -> None:
+            chunks = self._stream(messages, stop, None, **kwargs)
             try:
-                for chunk in self._stream(messages, stop, None, **kwargs):
+                for chunk in chunks:
+                    if stopped.is_set():
+                        break
                     loop.call_soon_threadsafe(queue.put_nowait, chunk)
             except BaseException as exc:  # re-raised on the event loop
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
+                chunks.close()
                 loop.call_soon_threadsafe(queue.put_nowait, done)
 
         worker = loop.run_in_executor(None, produce)
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            if run_manager and item.text:
-                await run_manager.on_llm_new_token(item.text, chunk=item)
-            yield item
-        await worker
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                if run_manager and item.text:
+                    await run_manager.on_llm_new_token(item.text, chunk=item)
+                yield item
+            await worker
+        finally:
+            stopped.set()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """`ainvoke` through `_astream`: cancelling it stops generation, and the reply is not remembered."""
+        return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
 
     def _generate(
         self,

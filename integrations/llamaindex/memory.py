@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage
@@ -98,7 +99,11 @@ class TemploraMemoryBlock(BaseMemoryBlock[str]):
         return ""
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
-        """Write the flushed turns the agent's memory has not seen yet (trained chunk by chunk)."""
+        """Write the flushed turns the agent's memory has not seen yet (trained chunk by chunk, on a worker thread
+        so the event loop keeps running)."""
+        await asyncio.to_thread(self._put, messages)
+
+    def _put(self, messages: list[ChatMessage]) -> None:
         unseen = self._engine.unseen(self.agent_id, to_template(messages))
         if unseen:
             self._engine.add_turns(self.agent_id, unseen)
