@@ -82,6 +82,8 @@ def _serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         max_import_bytes=args.max_import_bytes,
         shutdown_timeout=args.shutdown_timeout,
+        sync_write_tokens=args.sync_write_tokens,
+        max_pending_tokens=args.max_pending_tokens,
         cors_origins=tuple(args.cors_origin),
     )
     if settings.api_key is None and not _loopback(args.host):
@@ -136,6 +138,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="largest request body (4 MiB)")
     serve.add_argument("--max-import-bytes", type=int, default=2**30, help="largest agent archive imported (1 GiB)")
     serve.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds replies get at shutdown (30)")
+    serve.add_argument(
+        "--sync-write-tokens", type=int, default=2048, help="tokens a request trains before its reply (2048)"
+    )
+    serve.add_argument(
+        "--max-pending-tokens", type=int, default=65536, help="an agent's backlog past which it gets 429 (65536)"
+    )
     serve.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeatable)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--ray", action="store_true", help="serve on Ray Serve, agents spread over replicas (ray extra)")
