@@ -230,9 +230,7 @@ class MemoryEngine:
         cache: PromptCache | None = None,
     ) -> ReplyStream:
         """Stream the text generated after `prompt` with the agent's adapter (or the base model); nothing is written.
-
-        `cache` is a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`).
-        """
+        `cache`: a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`)."""
         constraint = self.grammars.constraint(grammar) if grammar is not None else None
         return ReplyStream(self._complete(agent_id, list(prompt), sampling, stop, constraint, cache))
 
@@ -240,9 +238,7 @@ class MemoryEngine:
         self, agent_id: str | None, prompt: Sequence[int], continuation: Sequence[int], cache: PromptCache | None = None
     ) -> list[float]:
         """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none.
-
-        `cache` is a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`).
-        """
+        `cache`: a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`)."""
         with self._residency.reading(agent_id, cache) as cache:
             with self._model_lock, self.bank.active(agent_id) as model:
                 logits = continuation_logits(model, prompt, continuation, cache)  # (C, V)
