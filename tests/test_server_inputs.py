@@ -67,10 +67,13 @@ def test_inputs_that_gave_500_get_a_400_naming_the_field(tool_memory, start_serv
             assert response.status_code == 400, (name, stream, response.text)
             error = response.json()["error"]
             assert error["param"] is not None and error["param"].startswith(param), (name, error)
-    assert engine.stats("npc").turns_seen == 0
+    assert not engine.exists("npc")  # no input of these was written
     assert post(server, GOOD).status_code == 200
     for fine in ({"tools": [_tool(LINKED_LIST)], "tool_choice": "required"}, {"tools": [MARKET_PRICE]}):
-        assert post(server, {**GOOD, **fine}, "other").status_code == 200, fine
+        response = post(server, {**GOOD, **fine, "max_tokens": 96}, "other")
+        # accepted: a reply, or (the random model nesting the linked list without end) a call cut off at max_tokens
+        cut_off = response.status_code == 400 and "raise max_tokens" in response.json()["error"]["message"]
+        assert response.status_code == 200 or cut_off, (fine, response.text)
 
 
 def test_a_vanishing_temperature_samples_greedily_instead_of_failing(make_engine, start_server):
