@@ -94,6 +94,9 @@ def test_sigkill_during_a_write_loses_no_committed_turn(model_dir, tmp_path):
     engine = MemoryEngine(
         config=TempLoraConfig(**TINY_CONFIG), loaded=(tiny_model(tokenizer), tokenizer, str(model_dir)), store=store
     )
-    journaled = {"role": "user", "content": f"turn {len(committed) // 2} about the mill"}  # the killed request's
+    killed = {"role": "user", "content": f"turn {len(committed) // 2} about the mill"}
     after = [{"role": "user", "content": "after the restart"}, {"role": "assistant", "content": last}]
-    assert list(engine.agent("npc").fingerprints) == [fingerprint(m) for m in [*committed, journaled, *after]]
+    # the training killed may be the killed request's own write (its turn journaled first, so kept) or a background
+    # write the previous reply queued (the killed request may not have reached the server): nothing else may differ
+    kept = [[fingerprint(m) for m in [*committed, *journaled, *after]] for journaled in ([killed], [])]
+    assert list(engine.agent("npc").fingerprints) in kept
