@@ -15,7 +15,7 @@ import socket
 import sys
 import warnings
 
-from templora_memory.config import DEMO_CONFIG, add_config_options, config_from_args
+from templora_memory.config import DEMO_CONFIG, add_config_options, config_from_args, env_var
 from templora_memory.errors import TemploraError
 
 
@@ -148,7 +148,27 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--ray", action="store_true", help="serve on Ray Serve, agents spread over replicas (ray extra)")
     serve.add_argument("--replicas", type=int, default=2, help="model replicas with --ray (default: 2)")
+    serve.set_defaults(**_serve_environment())
+    serve.epilog = "Each option also reads $TEMPLORA_<OPTION> (TEMPLORA_PORT=9000; --cors-origin: commas)."
     add_config_options(serve)
+
+
+SERVE_ENVIRONMENT = (
+    "host", "port", "model", "store", "max_resident", "workers", "max_queue", "request_timeout", "max_body_bytes",
+    "max_import_bytes", "shutdown_timeout", "sync_write_tokens", "max_pending_tokens", "log_level", "replicas",
+    "threads",
+)  # fmt: skip
+"""`serve` options also read from $TEMPLORA_<OPTION> (`TEMPLORA_PORT=9000`), like the config fields; besides these,
+$TEMPLORA_CORS_ORIGIN takes commas. The key is $TEMPLORA_API_KEY (see `--api-key`)."""
+
+
+def _serve_environment() -> dict[str, object]:
+    """`serve`'s defaults from the environment; the command line wins. A string default is converted and checked by
+    argparse as if it had been typed (a bad value names the option)."""
+    found: dict[str, object] = {n: os.environ[env_var(n)] for n in SERVE_ENVIRONMENT if os.environ.get(env_var(n))}
+    if origins := os.environ.get(env_var("cors_origin")):
+        found["cors_origin"] = [origin.strip() for origin in origins.split(",") if origin.strip()]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,22 @@ def test_version_and_sub_command_usage(capsys):
     assert bad.value.code == 2 and "usage: templora-memory serve" in err and "unrecognized arguments: --bogus" in err
 
 
+def test_serve_options_come_from_the_environment_and_the_command_line_wins(monkeypatch, capsys):
+    monkeypatch.setenv("TEMPLORA_PORT", "9123")
+    monkeypatch.setenv("TEMPLORA_STORE", "s3://npcs/prod")
+    monkeypatch.setenv("TEMPLORA_SYNC_WRITE_TOKENS", "512")
+    monkeypatch.setenv("TEMPLORA_CORS_ORIGIN", "https://a.example, https://b.example")
+    monkeypatch.setenv("TEMPLORA_WINDOW_TOKENS", "2048")  # a config field, read by pydantic-settings as before
+    args = cli.build_parser().parse_args(["serve", "--port", "9000"])
+    assert (args.port, args.store, args.sync_write_tokens) == (9000, "s3://npcs/prod", 512)
+    assert args.cors_origin == ["https://a.example", "https://b.example"] and args.host == "127.0.0.1"
+    assert cli.config_from_args(args).window_tokens == 2048
+    monkeypatch.setenv("TEMPLORA_MAX_QUEUE", "many")
+    with pytest.raises(SystemExit) as bad:
+        cli.build_parser().parse_args(["serve"])
+    assert bad.value.code == 2 and "--max-queue: invalid int value: 'many'" in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_reported_before_the_model_loads(capsys, tmp_path):
     pytest.importorskip("fastapi")
     with socket.socket() as taken:
