@@ -1,8 +1,10 @@
-"""The README's "Use with LangChain" and "Use with LlamaIndex" snippets run as written, on the real default model.
+"""Every ```python block of the README runs as written, on the real default model (the store's, on the tiny one).
 
-Each ```python block under those headings is executed with `exec`. Constructing a `ParametricMemory` or
-`TemploraLLM` without an engine would load the default model a second time, so here it shares the
-session's `real_engine` instead (the snippets must use the embedded default model for that to hold).
+Each block is executed with `exec` and checked. Constructing a `ParametricMemory` or `TemploraLLM` without an
+engine would load the default model again, so here it shares the session's `real_engine` (or `real_tool_engine`
+for a window wide enough for tool schemas); a block that opens a store gets a tiny engine over that store, in
+a temporary folder: it shows persistence mechanics. The "Serve over HTTP" blocks run against a live server in
+tests/test_server.py.
 """
 
 from __future__ import annotations
@@ -21,14 +23,25 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
-def readme_snippets(heading: str) -> list[str]:
-    """The ```python blocks of the README section titled `heading` (up to the next heading of its level or above)."""
-    text = README.read_text(encoding="utf-8")
-    match = re.search(rf"^(#+) {re.escape(heading)}\n", text, re.MULTILINE)
-    assert match, f"README.md has no section {heading!r}"
-    level = len(match.group(1))
-    end = re.compile(rf"^#{{1,{level}}} ", re.MULTILINE).search(text, match.end())
-    return FENCE.findall(text[match.end() : end.start() if end else len(text)])
+def headings() -> list[tuple[int, str, int]]:
+    """The README's headings as (level, title, line number), skipping `#` lines inside code blocks."""
+    found, fenced = [], False
+    for number, line in enumerate(README.read_text(encoding="utf-8").splitlines()):
+        fenced ^= line.startswith("```")
+        if not fenced and (match := re.match(r"^(#+) (.+)$", line)):
+            found.append((len(match.group(1)), match.group(2), number))
+    return found
+
+
+def readme_snippets(heading: str, nested: bool = True) -> list[str]:
+    """The ```python blocks of the README section titled `heading` (up to the next heading of its level or above;
+    with `nested=False`, up to the next heading of any level)."""
+    lines, found = README.read_text(encoding="utf-8").splitlines(keepends=True), headings()
+    index = next((i for i, (_, title, _) in enumerate(found) if title == heading), None)
+    assert index is not None, f"README.md has no section {heading!r}"
+    level, _, start = found[index]
+    end = next((line for lv, _, line in found[index + 1 :] if not nested or lv <= level), len(lines))
+    return FENCE.findall("".join(lines[start + 1 : end]))
 
 
 def _last_printed(out: str) -> str:
@@ -66,10 +79,41 @@ def check_memory_block(ns: dict, engine: MemoryEngine, out: str) -> None:
     assert short_term[-1].content.strip() and short_term[-1].content.strip() in out
 
 
+def check_use(ns: dict, engine: MemoryEngine, out: str) -> None:
+    assert out.strip().splitlines()[-2:] == ["A fine name for a horse.", "False"]
+    assert "tokens_written=" in out and not engine.exists("npc-7")
+
+
+def check_store(ns: dict, engine: MemoryEngine, out: str) -> None:
+    store = ns["memory"].engine
+    assert store.exists("npc-7") and store.exists("npc-7-copy")
+    assert store.stats("npc-7-copy").turns_seen == store.stats("npc-7").turns_seen == 2
+
+
+def check_tools(ns: dict, engine: MemoryEngine, out: str) -> None:
+    assert ns["call"].tool_calls[0]["name"] == "market_price" and ns["call"].tool_calls[0]["args"]["item"] in (
+        "bread",
+        "milk",
+        "eggs",
+    )
+    assert "name=" in _last_printed(out) and "age=" in _last_printed(out)  # a Person, parsed
+
+
+def check_recipe(ns: dict, engine: MemoryEngine, out: str) -> None:
+    assert ns["plain"].probe_questions == 0 and ns["memory"].config.probe_questions == 8
+
+
 SNIPPETS: dict[str, list[Callable[[dict, MemoryEngine, str], None]]] = {
+    "Use": [check_use],
+    "Many agents: persistence, RAM limits, background training": [check_store],
     "Use with LangChain": [check_chain, check_agent],
+    "Tools and structured output (constrained decoding)": [check_tools],
     "Use with LlamaIndex": [check_chat_engine, check_memory_block],
+    "Memory that answers: context distillation onto probes": [check_recipe],
 }
+RUN_ELSEWHERE = {"Serve over HTTP (OpenAI-compatible)": "tests/test_server.py, against a live server"}
+QUIET = {"Memory that answers: context distillation onto probes"}
+"""Blocks that only build a config: they print nothing and write into no agent."""
 CASES = [(heading, i) for heading, checks in SNIPPETS.items() for i in range(len(checks))]
 
 
@@ -78,24 +122,37 @@ def test_every_snippet_has_a_check(heading):
     assert len(readme_snippets(heading)) == len(SNIPPETS[heading])
 
 
+def test_every_python_block_of_the_readme_is_run_by_a_test():
+    with_code = {title for _, title, _ in headings() if readme_snippets(title, nested=False)}
+    assert with_code <= set(SNIPPETS) | set(RUN_ELSEWHERE), with_code - set(SNIPPETS) - set(RUN_ELSEWHERE)
+
+
 @pytest.fixture
-def shared_engine(real_engine, monkeypatch):
+def shared_engine(real_engine, monkeypatch, request, make_engine, tmp_path):
     """Models the snippets construct share the session's engine; agents they create are forgotten afterwards."""
     pytest.importorskip("langchain.agents")
     llms = pytest.importorskip("templora_memory.integrations.llamaindex.llms")
-    built = []
+    monkeypatch.chdir(tmp_path)  # where a snippet's store folder lands
+    built, borrowed = [], []
 
     def engine_factory(model=None, config=None, **options):
         assert model is None, "README snippets must use the embedded default model"
         built.append(model)
+        if options.get("store") is not None:
+            return make_engine(store=options["store"], max_resident=options.get("max_resident"))
+        if config is not None and config.window_tokens >= 640:  # tool schemas in the prompt
+            tools = request.getfixturevalue("real_tool_engine")
+            borrowed.append((tools, set(tools.agent_ids())))
+            return tools
         return real_engine
 
     monkeypatch.setattr(chat_model_module, "MemoryEngine", engine_factory)
     monkeypatch.setattr(llms, "MemoryEngine", engine_factory)
     before = set(real_engine.agent_ids())
     yield real_engine, built
-    for agent_id in set(real_engine.agent_ids()) - before:
-        real_engine.forget(agent_id)
+    for engine, known in [(real_engine, before), *borrowed]:
+        for agent_id in set(engine.agent_ids()) - known:
+            engine.forget(agent_id)
 
 
 @pytest.mark.parametrize(("heading", "index"), CASES, ids=[f"{h.split()[-1]}-{i}" for h, i in CASES])
@@ -108,7 +165,9 @@ def test_readme_snippet_runs(heading, index, shared_engine, capsys):
     exec(compile(snippets[index], f"README.md[{heading} #{index}]", "exec"), namespace)
     out = capsys.readouterr().out
     assert built, "the snippet built no model"
-    new_agents = set(engine.agent_ids()) - before
-    assert new_agents, "the snippet wrote into no agent's memory"
-    assert out.strip(), "the snippet printed nothing"
+    if heading not in QUIET:
+        memory = namespace.get("llm") or namespace.get("memory")
+        touched = set(memory.engine.agent_ids()) - before if memory is not None else set()
+        assert touched or heading == "Use", "the snippet wrote into no agent's memory"  # "Use" forgets its agent
+        assert out.strip(), "the snippet printed nothing"
     SNIPPETS[heading][index](namespace, engine, out)
