@@ -2,9 +2,10 @@
 writes one: `general.type` "adapter", `adapter.type` "lora", `adapter.lora.alpha`, and per adapted layer the
 tensors `<gguf name>.lora_a` (r, in) and `.lora_b` (out, r) in fp32, named with gguf's tensor-name map.
 
-llama.cpp stores a Llama model's q and k projections with their output rows permuted (its RoPE pairs adjacent
-features; transformers un-permutes them when it reads a GGUF file), so their `lora_b` rows are permuted the same
-way. llama.cpp scales each update by alpha / rank, the same as peft's lora_alpha / r.
+Llama, Mistral, Qwen2, Phi-3 and Gemma-2 models are mapped (`ARCHITECTURES`, as llama.cpp's converter maps them).
+llama.cpp stores a Llama (or Mistral) model's q and k projections with their output rows permuted (its RoPE pairs
+adjacent features; transformers un-permutes them when it reads a GGUF file), so their `lora_b` rows are permuted the
+same way. llama.cpp scales each update by alpha / rank, the same as peft's lora_alpha / r.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from transformers import PretrainedConfig
 
 from templora_memory.errors import ConfigError
 
+ARCHITECTURES = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "phi3": "PHI3", "gemma2": "GEMMA2"}
+"""transformers' model_type -> gguf's MODEL_ARCH member, as convert_hf_to_gguf.py writes the base model."""
+PERMUTED = {"llama", "mistral"}
+"""Model types whose q and k rows llama.cpp's converter permutes (its `LlamaModel`)."""
 LoraTensors = dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 """Per base-model layer name: (A (r, in), B (out, r), scale), as `AdapterBank.lora_tensors` returns them."""
 
@@ -60,6 +65,8 @@ def write_gguf_lora(tensors: LoraTensors, config: PretrainedConfig, path: str | 
 
 def llama_cpp_rows(gguf_name: str, rows: torch.Tensor, config: PretrainedConfig) -> torch.Tensor:
     """`rows` (out, …) of a q or k projection in llama.cpp's order (convert_hf_to_gguf's `permute`); others as is."""
+    if getattr(config, "model_type", None) not in PERMUTED:
+        return rows
     if ".attn_q." in gguf_name:
         heads = config.num_attention_heads
     elif ".attn_k." in gguf_name:
@@ -70,14 +77,16 @@ def llama_cpp_rows(gguf_name: str, rows: torch.Tensor, config: PretrainedConfig)
 
 
 def _arch(config: PretrainedConfig):
-    """gguf's architecture for the model: only Llama-type models (the default SmolLM2 is one) are mapped here."""
+    """gguf's architecture for the model, for the model types `ARCHITECTURES` maps."""
     import gguf
 
-    if getattr(config, "model_type", None) != "llama":
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHITECTURES:
         raise ConfigError(
-            f"exporting a LoRA to llama.cpp supports Llama-architecture models, not '{config.model_type}'"
+            f"exporting a LoRA to llama.cpp supports the model types {', '.join(sorted(ARCHITECTURES))}, "
+            f"not '{model_type}'; use decode_backend='torch' for this model"
         )
-    return gguf.MODEL_ARCH.LLAMA
+    return getattr(gguf.MODEL_ARCH, ARCHITECTURES[model_type])
 
 
 def _alpha(tensors: LoraTensors) -> float:

@@ -3,7 +3,8 @@
 Tool calling depends on the model: tools are rendered by the tokenizer's chat template, and the
 reply is parsed the way that template tells the model to answer. Templates in the Hermes / Qwen
 style ask for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; templates that
-render tools but name no tag (Llama 3.1 style) get one bare JSON object as the whole reply.
+render tools but name no tag (Llama 3.1 style) get one bare JSON object as the whole reply, and
+Mistral's a JSON list of such objects after `[TOOL_CALLS]`.
 
 A template that renders no tools at all (SmolLM2-135M-Instruct, the default model) gets them in the
 Hermes format, written here into the messages: the tool schemas and calling instructions in the
@@ -27,6 +28,7 @@ from templora_memory.message import Message
 ToolSchema = dict[str, Any]
 """An OpenAI-style tool: {"type": "function", "function": {"name", "description", "parameters"}}."""
 HERMES_OPEN, HERMES_CLOSE = "<tool_call>", "</tool_call>"
+MISTRAL_CALLS = "[TOOL_CALLS]"
 TOOLS_INSTRUCTIONS = """# Tools
 
 You may call one of these functions to assist with the user query. Function signatures in <tools></tools> tags:
@@ -130,12 +132,24 @@ def _parse_tagged(text: str) -> ParsedReply:
 
 
 def _parse_bare_json(text: str) -> ParsedReply:
-    """Llama 3.1 style: the whole reply is one JSON object with "name" and "arguments" (or "parameters")."""
+    """Llama 3.1 style: the whole reply is one JSON object with "name" and "arguments" (or "parameters"); Mistral
+    style: a JSON list of them, after `[TOOL_CALLS]` (which decoding drops where it is a special token)."""
     stripped = text.strip()
+    listed = stripped.removeprefix(MISTRAL_CALLS).strip()
+    if listed.startswith("[") and listed.endswith("]"):
+        try:
+            items = json.loads(listed)
+        except json.JSONDecodeError:
+            items = None
+        if isinstance(items, list) and items and all(isinstance(item, dict) and "name" in item for item in items):
+            calls: list[dict[str, Any]] = []
+            invalid: list[dict[str, Any]] = []
+            for item in items:
+                _collect(json.dumps(item), calls, invalid)
+            return ParsedReply("", calls, invalid)
     if not (stripped.startswith("{") and stripped.endswith("}")):
         return ParsedReply(stripped, [], [])
-    calls: list[dict[str, Any]] = []
-    invalid: list[dict[str, Any]] = []
+    calls, invalid = [], []
     _collect(stripped, calls, invalid)
     if invalid and invalid[0]["name"] is None:  # plain JSON text, not a call
         return ParsedReply(stripped, [], [])
@@ -200,7 +214,7 @@ class ToolCallStream:
     def _safe_prefix(self) -> str:
         """The text before any (possibly partial) tool-call opening; a bare-JSON reply is held whole."""
         start = self.text.lstrip()
-        if start.startswith("{") and not uses_tags(self.chat_template):
+        if start.startswith(("{", "[")) and not uses_tags(self.chat_template):
             return ""
         cut = self.text.find(HERMES_OPEN)
         if cut >= 0:

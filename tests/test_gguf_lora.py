@@ -120,7 +120,7 @@ def test_export_refuses_models_llama_cpp_names_are_not_mapped_for(make_engine, t
     engine = _trained(make_engine)
     config = engine.bank.model.config.__class__(**engine.bank.model.config.to_dict())
     config.model_type = "gpt2"
-    with pytest.raises(ConfigError, match="Llama-architecture"):
+    with pytest.raises(ConfigError, match=r"supports the model types gemma2, llama, mistral, phi3, qwen2, not 'gpt2'"):
         write_gguf_lora(engine.bank.lora_tensors("a"), config, tmp_path / "a.gguf")
 
 
