@@ -52,7 +52,7 @@ def decode_weights(files: dict[str, bytes | None]) -> Weights:
 
     def tensors(name: str) -> Any:
         data = files[name]
-        return None if data is None else torch.load(io.BytesIO(data), weights_only=True)
+        return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     return Weights(
         adapter=load_safetensors(files[ADAPTER_WEIGHTS]),

@@ -60,11 +60,13 @@ class AdapterBank:
         if agent_id in self._names:
             raise TemploraError(f"agent '{agent_id}' already has an adapter")
         name = self._free.pop() if self._free else self._create_slot()
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same start on every device
         with torch.no_grad():
             for key, parameter in self._slot_parameters(name):
                 if ".lora_A." in key:
-                    torch.nn.init.kaiming_uniform_(parameter, a=math.sqrt(5), generator=generator)  # peft's init
+                    drawn = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu")
+                    torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)  # peft's init
+                    parameter.copy_(drawn)
                 else:
                     parameter.zero_()
         self._names[agent_id] = name
@@ -99,7 +101,8 @@ class AdapterBank:
         """The agent's LoRA tensors and peft config, in the layout `PeftModel.from_pretrained` reads."""
         name = self._names[agent_id]
         tensors = {
-            key: t.detach().clone() for key, t in get_peft_model_state_dict(self.model, adapter_name=name).items()
+            key: t.detach().to("cpu", copy=True)
+            for key, t in get_peft_model_state_dict(self.model, adapter_name=name).items()
         }
         peft_config = self.model.peft_config[name].to_dict()
         if isinstance(peft_config["target_modules"], (set, list)):  # resolved module names, not "all-linear"

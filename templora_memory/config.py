@@ -20,6 +20,7 @@ ALL_LINEAR = "all-linear"
 ENV_PREFIX = "TEMPLORA_"
 DEMO_CONFIG = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=40)
 """`templora-memory demo`'s window is small, so the dialogue outgrows it within minutes on a CPU (default recipe)."""
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
 
 
 class TempLoraConfig(BaseSettings):
@@ -113,6 +114,11 @@ class TempLoraConfig(BaseSettings):
     torch decode rate in one CPU run; needs the `llamacpp` extra, which builds llama.cpp from source; holds the model's
     whole context as KV cache, ~190 MB for SmolLM2; re-exports an adapter, ~0.05 s, on the next reply after a change).
     Tokens are picked as on the torch path; training and log_likelihood stay in torch."""
+    device: str = Field("auto", pattern=rf"^({DEVICE_PATTERN})$")
+    """Where the model, adapters and every tensor of training and decoding live: "auto" (a CUDA GPU, else Apple MPS,
+    else the CPU), "cpu", "cuda", "cuda:N" or "mps". On a CUDA GPU the base weights are held in bf16 (fp16 without
+    bf16), attention runs through SDPA, decode_weights "auto" uses those weights as they are and LoRA and optimizer
+    stay fp32; the compact int8/int4 decode kernels and the llama.cpp backend are CPU-only."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

@@ -111,8 +111,9 @@ class Constraint:
 
     def __init__(self, matcher: Any, vocab_size: int) -> None:
         self.matcher = matcher
-        self.bitmask = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)  # bit i of word i//32: token i
-        self._shifts = torch.arange(32, dtype=torch.int32)
+        # on the CPU, where llguidance writes the mask and tokens are picked; bit i of word i//32: token i
+        self.bitmask = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32, device="cpu")
+        self._shifts = torch.arange(32, dtype=torch.int32, device="cpu")
 
     @property
     def finished(self) -> bool:

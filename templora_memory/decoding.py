@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from templora_memory.adapters import AdapterBank
 from templora_memory.config import TempLoraConfig
+from templora_memory.devices import model_device
 from templora_memory.errors import ConfigError
 from templora_memory.precision import cpu_supports_bf16
 
@@ -117,7 +118,15 @@ def int4_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, flo
 
 def resolve_weights(choice: str, base: PreTrainedModel) -> WeightFormat:
     """The weight format for `decode_weights`: "auto" is int4 where the base weights already lie on an int4 grid
-    (the default GGUF model) and the CPU has native bf16, else fp32; "bf16" without native bf16 falls back to fp32."""
+    (the default GGUF model) and the CPU has native bf16, else fp32; "bf16" without native bf16 falls back to fp32.
+    Off the CPU the base weights are used as they are ("fp32": no copy; on a GPU they are bf16 already)."""
+    if model_device(base).type != "cpu":
+        if choice in ("int8", "int4"):
+            raise ConfigError(
+                f"decode_weights={choice!r} uses CPU-only kernels; on {model_device(base)} use decode_weights='auto' "
+                "(the GPU decodes with its bf16 weights and SDPA)"
+            )
+        return "fp32"
     if choice == "bf16" and not cpu_supports_bf16():
         warnings.warn("decode_weights='bf16': this CPU has no native bf16, decoding in fp32", stacklevel=3)
         return "fp32"
@@ -140,6 +149,12 @@ def decoder_for(
     """The engine's reply model for `config.decode_backend`; the llama.cpp one is imported only when chosen."""
     if config.decode_backend == "llama.cpp":
         from templora_memory.llamacpp_decoding import LlamaCppDecoder
+
+        if model_device(base).type != "cpu":
+            raise ConfigError(
+                f"decode_backend='llama.cpp' runs on the CPU but the model is on {model_device(base)}; "
+                "set device='cpu' for it, or keep decode_backend='torch' on the GPU"
+            )
 
         return LlamaCppDecoder.for_model(base, tokenizer, model, name)
     return DecodeModel(base, resolve_weights(config.decode_weights, base))
@@ -177,12 +192,18 @@ class DecodeModel:
         try:
             for name, layer in self.layers.items():
                 a, b, scale = loras.get(name, (None, None, 0.0))
-                # copied once per reply, laid out for torch.addmm (transposed views cost 40 % more per token)
-                layer.lora = None if a is None else (a.detach().t().contiguous(), (b.detach() * scale).t().contiguous())
+                # copied once per reply, laid out for torch.addmm (transposed views cost 40 % more per token), in the
+                # layer's dtype (fp32 on the CPU, the GPU's bf16)
+                layer.lora = None if a is None else _lora_copy(a, b, scale, layer.weight.dtype)
             yield self.model
         finally:
             for layer in self.layers.values():
                 layer.lora = None
+
+
+def _lora_copy(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Aᵀ, scale · Bᵀ) as contiguous copies in `dtype`."""
+    return a.detach().t().contiguous().to(dtype), (b.detach() * scale).t().contiguous().to(dtype)
 
 
 def _linears(model: nn.Module, head: bool) -> list[tuple[str, nn.Linear]]:

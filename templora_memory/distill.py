@@ -22,6 +22,7 @@ from transformers import Cache
 from templora_memory import precision
 from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
+from templora_memory.devices import model_device
 from templora_memory.message import Message
 from templora_memory.probes import ANCHORS, probes_for
 from templora_memory.trainer import DistillBatch, padded_batch, scored_logits
@@ -47,10 +48,10 @@ class TaughtProbe:
     def to_record(self) -> dict[str, torch.Tensor]:
         """Tensors only, for the store (`torch.load(weights_only=True)` reads them back)."""
         return {
-            "prompt": torch.tensor(self.prompt, dtype=torch.long),
-            "answer": torch.tensor(self.answer, dtype=torch.long),
-            "top_ids": self.top_ids,
-            "top_logprobs": self.top_logprobs,
+            "prompt": torch.tensor(self.prompt, dtype=torch.long, device="cpu"),
+            "answer": torch.tensor(self.answer, dtype=torch.long, device="cpu"),
+            "top_ids": self.top_ids.cpu(),
+            "top_logprobs": self.top_logprobs.cpu(),
         }
 
     @classmethod
@@ -90,8 +91,10 @@ class ProbeTeacher:
             answer = {"role": "assistant", "content": probe.answer}
             students.append(self.renderer.reply(list(system), [question], answer))
             follows.append(self.renderer.follow_up(last, [question]))  # the question after the chunk, the header
-        with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
-            cache = model(input_ids=torch.tensor([list(context)]), use_cache=True, logits_to_keep=1).past_key_values
+        device = model_device(model)
+        with model.disable_adapter(), precision.training(self.config.train_precision, device):
+            ids = torch.tensor([list(context)], device=device)
+            cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
             cache.batch_repeat_interleave(len(probes))
             readings = [(follow, answer) for follow, (_, answer) in zip(follows, students, strict=True)]
             return self._taught(model, students, readings, cache)
@@ -115,7 +118,7 @@ class ProbeTeacher:
                 self.renderer.reply(list(system), [{"role": "user", "content": q}], {"role": "assistant", "content": a})
                 for q, a in ANCHORS
             ]
-            with model.disable_adapter(), precision.autocast(precision.resolve(self.config.train_precision)):
+            with model.disable_adapter(), precision.training(self.config.train_precision, model_device(model)):
                 self._anchors[key] = self._taught(model, students, students)
             while len(self._anchors) > ANCHOR_SYSTEMS:
                 self._anchors.pop(next(iter(self._anchors)))  # the system message taught longest ago
@@ -130,7 +133,7 @@ class ProbeTeacher:
     ) -> list[TaughtProbe]:
         """The teacher's top-k log-probabilities on each answer, reading (prefix, answer) `readings` as one batch
         (after `cache` if given; right-padded, so the padding follows every token scored)."""
-        batch = padded_batch(readings)
+        batch = padded_batch(readings, model_device(model))
         logits = scored_logits(
             model, batch.labels, input_ids=batch.input_ids, past_key_values=cache, use_cache=cache is not None
         )
@@ -140,13 +143,14 @@ class ProbeTeacher:
         taught = zip(students, top.indices.split(lengths), top.values.split(lengths), strict=True)
         return [TaughtProbe(prompt, answer, ids, logprobs) for (prompt, answer), ids, logprobs in taught]
 
-    def batch(self, taught: Sequence[TaughtProbe]) -> DistillBatch | None:
-        """The probes as one padded student batch with the teacher's targets (None when there is none)."""
+    def batch(self, taught: Sequence[TaughtProbe], device: torch.device) -> DistillBatch | None:
+        """The probes as one padded student batch with the teacher's targets, on `device` (probes read back from the
+        store are on the CPU), or None when there is none."""
         if not taught:
             return None
-        students = padded_batch([(probe.prompt, probe.answer) for probe in taught])
-        top_ids = torch.cat([probe.top_ids for probe in taught])  # (N, k), N answer tokens in batch order
-        top_logprobs = torch.cat([probe.top_logprobs for probe in taught])
+        students = padded_batch([(probe.prompt, probe.answer) for probe in taught], device)
+        top_ids = torch.cat([probe.top_ids.to(device) for probe in taught])  # (N, k), N answer tokens in batch order
+        top_logprobs = torch.cat([probe.top_logprobs.to(device) for probe in taught])
         return DistillBatch(students, top_ids, top_logprobs)
 
     def replayed(self, reservoir: Sequence[TaughtProbe], seed: int) -> list[TaughtProbe]:

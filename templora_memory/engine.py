@@ -37,6 +37,7 @@ from templora_memory.conversation import (
     window_start,
 )
 from templora_memory.decoding import decoder_for
+from templora_memory.devices import place, resolve_device
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
@@ -72,6 +73,8 @@ class MemoryEngine:
         self.config = config or TempLoraConfig()
         check_max_resident(max_resident)
         base, self.tokenizer, self.model_name = loaded or load_model(model)
+        self.device = resolve_device(self.config.device)
+        base = place(base, self.device)
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
         replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
@@ -243,7 +246,7 @@ class MemoryEngine:
             with self._model_lock, self.bank.active(agent_id) as model:
                 logits = continuation_logits(model, prompt, continuation, cache)  # (C, V)
         logprobs = torch.log_softmax(logits, dim=-1)
-        return logprobs.gather(1, torch.tensor(continuation).unsqueeze(1)).squeeze(1).tolist()
+        return logprobs.gather(1, torch.tensor(continuation, device=logprobs.device)[:, None]).squeeze(1).tolist()
 
     def prompt_ids(self, agent_id: str) -> list[int]:
         """The prompt the agent's next reply would be generated from (its window, no new turn)."""

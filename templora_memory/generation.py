@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from templora_memory.constrained import Constraint
+from templora_memory.devices import model_device
 from templora_memory.kv_cache import PromptCache
 
 CHAT_REPETITION_PENALTY = 1.1
@@ -65,7 +66,8 @@ def generate_tokens(
     else:
         cache = cache if cache is not None else PromptCache()
         feed, step = cache.align(prompt), _torch_step(model, cache)
-    seen = torch.tensor(_penalised(prompt, sampling, constraint), dtype=torch.long)  # (T,)
+    # tokens are picked on the CPU (one row of logits per token), so a seed picks the same tokens on every device
+    seen = torch.tensor(_penalised(prompt, sampling, constraint), dtype=torch.long, device="cpu")  # (T,)
     for _ in range(sampling.max_new_tokens):
         logits = step(feed)  # (V,)
         if constraint is not None:
@@ -78,7 +80,7 @@ def generate_tokens(
             constraint.advance(token)
             if constraint.finished:
                 return
-        seen = torch.cat([seen, torch.tensor([token])])
+        seen = torch.cat([seen, torch.tensor([token], device="cpu")])
         feed = [token]
 
 
@@ -91,7 +93,8 @@ def continuation_logits(
     feed = cache.align(prompt)
     ids = feed + list(continuation)
     try:
-        out = model(input_ids=torch.tensor([ids]), past_key_values=cache.past, use_cache=True)
+        input_ids = torch.tensor([ids], device=model_device(model))
+        out = model(input_ids=input_ids, past_key_values=cache.past, use_cache=True)
     except BaseException:
         cache.clear()
         raise
@@ -111,15 +114,17 @@ class LogitsSource(Protocol):
 def _torch_step(model: nn.Module, cache: PromptCache) -> Callable[[list[int]], torch.Tensor]:
     """The next token's logits after the tokens fed, run through `model` with the KV states `cache` holds."""
     last_only = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a long prompt needs no logits but its last
+    device = model_device(model)
 
     def step(feed: list[int]) -> torch.Tensor:
         try:
-            out = model(input_ids=torch.tensor([feed]), past_key_values=cache.past, use_cache=True, **last_only)
+            ids = torch.tensor([feed], device=device)
+            out = model(input_ids=ids, past_key_values=cache.past, use_cache=True, **last_only)
         except BaseException:
             cache.clear()  # some layers may hold the new states already: the cache no longer matches its ids
             raise
         cache.record(feed, out.past_key_values)
-        return out.logits[0, -1].float()
+        return out.logits[0, -1].float().cpu()
 
     return step
 

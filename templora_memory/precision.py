@@ -49,15 +49,26 @@ def _cpuinfo() -> str | None:
         return None
 
 
-def resolve(precision: Precision) -> torch.dtype:
-    """The dtype a training precision setting means on this CPU ("auto": bf16 with native support, else fp32)."""
+def resolve(precision: Precision, device: torch.device | str = "cpu") -> torch.dtype:
+    """The dtype a training precision setting means on `device` ("auto": on the CPU bf16 with native support, else
+    fp32; on a CUDA GPU the dtype its base weights are held in, bf16 or fp16; on MPS fp32)."""
+    device = torch.device(device)
+    if precision == "auto" and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "auto":
-        return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 @contextlib.contextmanager
-def autocast(dtype: torch.dtype) -> Iterator[None]:
-    """Run the block's matrix products in `dtype` (weights and gradients stay fp32); a no-op for fp32."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+def autocast(dtype: torch.dtype, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Run the block's matrix products on `device` in `dtype` (the LoRA and its gradients stay fp32); a no-op for
+    fp32."""
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
         yield
+
+
+def training(setting: Precision, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The autocast that training and teaching passes on `device` run under for a `train_precision` setting."""
+    return autocast(resolve(setting, device), device)

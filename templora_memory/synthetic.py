@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
@@ -88,11 +89,11 @@ class QuestionWriter:
             texts = [self._sample(model, prompt, cache, seed * 16 + i) for i in range(self.count)]
         return unique_pairs([parse_pair(t) for t in texts])
 
-    def batch(self, system: Sequence[Message], pairs: Sequence[QAPair]) -> LabelledBatch | None:
-        """The pairs as chat examples after the agent's system message (None when there is no pair)."""
+    def batch(self, system: Sequence[Message], pairs: Sequence[QAPair], device: torch.device) -> LabelledBatch | None:
+        """The pairs as chat examples after the agent's system message, on `device` (None when there is no pair)."""
         if not pairs:
             return None
-        return padded_batch([self._example(system, pair) for pair in pairs])
+        return padded_batch([self._example(system, pair) for pair in pairs], device)
 
     def _prompt(self, text: str) -> list[int]:
         """The chat asking for a pair: the worked example, then the chunk's text, the reply opened with "Question:"."""

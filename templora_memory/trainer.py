@@ -48,18 +48,16 @@ class DistillBatch:
     """(N, k) the teacher's log-softmax(logits / T) at those ids."""
 
 
-def padded_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]]) -> LabelledBatch:
-    """Pad (prompt ids, answer ids) examples on the right into one batch, labelling the answer tokens only."""
+def padded_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], device: torch.device | str) -> LabelledBatch:
+    """Pad (prompt ids, answer ids) examples on the right into one batch on `device`, labelling the answers only."""
     width = max(len(prompt) + len(answer) for prompt, answer in examples)
-    input_ids = torch.zeros(len(examples), width, dtype=torch.long)  # pad id 0: masked out, never scored
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros(len(examples), width, dtype=torch.long)
-    for row, (prompt, answer) in enumerate(examples):
-        ids = list(prompt) + list(answer)
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, len(prompt) : len(ids)] = torch.tensor(list(answer))
-        attention_mask[row, : len(ids)] = 1
-    return LabelledBatch(input_ids, labels, attention_mask)
+    ids, labels, mask = [], [], []
+    for prompt, answer in examples:
+        pad = width - len(prompt) - len(answer)
+        ids.append([*prompt, *answer, *[0] * pad])  # pad id 0: masked out, never scored
+        labels.append([*[IGNORE_INDEX] * len(prompt), *answer, *[IGNORE_INDEX] * pad])
+        mask.append([1] * (width - pad) + [0] * pad)
+    return LabelledBatch(*(torch.tensor(rows, dtype=torch.long, device=device) for rows in (ids, labels, mask)))
 
 
 def new_optimizer(parameters: Sequence[torch.nn.Parameter], config: TempLoraConfig) -> torch.optim.Optimizer:
@@ -82,14 +80,14 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 def build_example(
-    context: Sequence[int], chunk: Sequence[int], train_context_tokens: int
+    context: Sequence[int], chunk: Sequence[int], train_context_tokens: int, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Input ids and labels for one chunk: the last L_T context tokens are input only, the chunk is scored.
 
     Returns tensors of shape (1, T) with T = min(L_T, len(context)) + len(chunk).
     """
     prefix = list(context[len(context) - train_context_tokens :]) if train_context_tokens else []
-    input_ids = torch.tensor([prefix + list(chunk)], dtype=torch.long)  # (1, T)
+    input_ids = torch.tensor([prefix + list(chunk)], dtype=torch.long, device=device)  # (1, T)
     labels = input_ids.clone()
     labels[0, : len(prefix)] = IGNORE_INDEX  # no loss on X_T, only on Chunk_k
     return input_ids, labels
@@ -231,8 +229,8 @@ def train_chunk(
     agent's LoRA weights.
     """
     kl_weight = config.kl_weight
-    dtype = precision.resolve(config.train_precision)
-    with precision.autocast(dtype):
+    device = input_ids.device
+    with precision.training(config.train_precision, device):
         reference = base_logprobs(model, input_ids, labels) if kl_weight > 0 else None  # the base does not change
     model.train()  # LoRA dropout on
     losses = []
@@ -240,7 +238,7 @@ def train_chunk(
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(first_step + epoch, config)
-            with precision.autocast(dtype):
+            with precision.training(config.train_precision, device):
                 total = _accumulate(model, input_ids, labels, reference, config, extra, distill)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -29,6 +29,7 @@ from templora_memory import trainer
 from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, ChunkJob, agent_seed
 from templora_memory.config import TempLoraConfig
+from templora_memory.devices import model_device
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import TemploraError, WriteStopped
 from templora_memory.synthetic import QuestionWriter
@@ -89,12 +90,13 @@ def run_update(
 ) -> None:
     """The Temp-Lora update of one chunk: its synthetic pairs and probes (by the base model), then seeded steps."""
     started = time.perf_counter()
+    device = job.input_ids.device
     job.pairs = teachers.questions.write(model, job.chunk, job.seed)
-    extra = teachers.questions.batch(job.system, job.pairs)
+    extra = teachers.questions.batch(job.system, job.pairs, device)
     context = job.input_ids[0].tolist()
     job.taught = teachers.probes.teach(model, context, job.messages, job.system, job.seed)
     anchors = teachers.probes.anchor(model, job.system, job.seed)
-    distill = teachers.probes.batch(job.taught + job.replay + anchors)
+    distill = teachers.probes.batch(job.taught + job.replay + anchors, device)
     with trainer.seeded(job.seed):
         job.loss = trainer.train_chunk(
             model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill
@@ -178,7 +180,8 @@ class ChunkWriter:
         """The next chunk of `n_tokens` pending tokens, with the L_T written tokens before it as unscored input."""
         talk = state.conversation
         chunk = talk.pending[:n_tokens]
-        input_ids, labels = trainer.build_example(talk.written, chunk, self.config.train_context_tokens)
+        device = model_device(self.bank.model)
+        input_ids, labels = trainer.build_example(talk.written, chunk, self.config.train_context_tokens, device)
         seed = agent_seed(self.config.seed, state.agent_id) + state.chunks_trained + 1
         return ChunkJob(
             n_tokens=n_tokens,

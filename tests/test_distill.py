@@ -89,7 +89,7 @@ def test_the_kl_reads_only_the_answer_tokens_and_is_zero_for_a_matching_student(
     teacher = ProbeTeacher(engine.renderer, engine.config)
     with engine.bank.active(None) as base:
         # the teacher reads no chunk (only the system message): the base student reads the same, so the KL is 0
-        batch = teacher.batch(teacher.teach(base, engine.render_prompt([SYSTEM], []), TOLD, [SYSTEM], seed=0))
+        batch = teacher.batch(teacher.teach(base, engine.render_prompt([SYSTEM], []), TOLD, [SYSTEM], seed=0), "cpu")
         answer_tokens = int((batch.students.labels != -100).sum())
         assert batch.top_ids.shape == (answer_tokens, TOP_K)
         matching = probe_kl(base, batch, temperature=1.0).item()
@@ -159,7 +159,7 @@ def test_anchors_are_taught_by_the_base_model_reading_what_the_student_reads(mak
     with engine.bank.active(None) as base:
         again = teacher.anchor(base, [SYSTEM], seed=5)
         assert [a.prompt for a in teacher.anchor(base, [SYSTEM], seed=6)] != [a.prompt for a in anchors]
-        assert probe_kl(base, teacher.batch(anchors), temperature=1.0).item() < 1e-5  # the base is the target
+        assert probe_kl(base, teacher.batch(anchors, "cpu"), temperature=1.0).item() < 1e-5  # the base is the target
     assert len(anchors) == 3
     for anchor, same in zip(anchors, again, strict=True):
         assert anchor.prompt == same.prompt and torch.allclose(anchor.top_logprobs, same.top_logprobs, atol=1e-5)
@@ -176,6 +176,6 @@ def test_anchors_hold_the_adapter_to_the_base_model_on_generic_questions(tokeniz
         engine.add_turns("a", [SYSTEM, *_turns(16)])
         teacher = ProbeTeacher(engine.renderer, config.model_copy(update={"anchor_probes": len(ANCHORS)}))
         with engine.bank.active("a") as student:
-            batch = teacher.batch(teacher.anchor(student, [SYSTEM], seed=0))  # every anchor, taught by the base
+            batch = teacher.batch(teacher.anchor(student, [SYSTEM], seed=0), "cpu")  # every anchor, taught by the base
             drift[anchor_probes] = probe_kl(student, batch, temperature=1.0).item()
     assert drift[8] < 0.5 * drift[0]

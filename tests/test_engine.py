@@ -29,10 +29,10 @@ def _base_state(engine) -> dict[str, torch.Tensor]:
 
 
 def test_build_example_masks_the_training_context():
-    input_ids, labels = build_example(context=list(range(100)), chunk=[7, 8, 9], train_context_tokens=4)
+    input_ids, labels = build_example(context=list(range(100)), chunk=[7, 8, 9], train_context_tokens=4, device="cpu")
     assert input_ids.tolist() == [[96, 97, 98, 99, 7, 8, 9]]
     assert labels.tolist() == [[IGNORE_INDEX] * 4 + [7, 8, 9]]
-    short_ids, short_labels = build_example(context=[1, 2], chunk=[3], train_context_tokens=4)
+    short_ids, short_labels = build_example(context=[1, 2], chunk=[3], train_context_tokens=4, device="cpu")
     assert short_ids.tolist() == [[1, 2, 3]] and short_labels.tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 3]]
 
 

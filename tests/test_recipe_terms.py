@@ -175,7 +175,7 @@ def test_malformed_and_repeated_pairs_are_dropped():
 
 
 def test_the_qa_batch_scores_answer_tokens_only():
-    batch = padded_batch([([1, 2, 3], [4, 5]), ([6], [7])])
+    batch = padded_batch([([1, 2, 3], [4, 5]), ([6], [7])], "cpu")
     assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]
     assert batch.labels.tolist() == [[IGNORE_INDEX] * 3 + [4, 5], [IGNORE_INDEX, 7] + [IGNORE_INDEX] * 3]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
@@ -183,7 +183,7 @@ def test_the_qa_batch_scores_answer_tokens_only():
 
 def test_a_pair_is_rendered_in_the_agents_chat_format(tokenizer):
     writer = QuestionWriter(tokenizer, ChatRenderer(tokenizer), eos_ids=set(), count=1)
-    batch = writer.batch([SYSTEM], [QAPair("What is the cat called?", "Whiskers")])
+    batch = writer.batch([SYSTEM], [QAPair("What is the cat called?", "Whiskers")], "cpu")
     scored = batch.labels[0] != IGNORE_INDEX
     assert tokenizer.decode(batch.input_ids[0][~scored]) == (
         "<|im_start|>system\nYou are the innkeeper.<|im_end|>\n"
@@ -193,7 +193,7 @@ def test_a_pair_is_rendered_in_the_agents_chat_format(tokenizer):
 
 
 def test_no_pair_means_no_batch_and_no_generation(make_engine, tokenizer, fixed_pairs):
-    assert QuestionWriter(tokenizer, ChatRenderer(tokenizer), eos_ids=set(), count=1).batch([SYSTEM], []) is None
+    assert QuestionWriter(tokenizer, ChatRenderer(tokenizer), eos_ids=set(), count=1).batch([SYSTEM], [], "cpu") is None
     engine = make_engine()
     engine.add_turns("a", _turns(8))
     assert fixed_pairs == [] and engine.stats("a").questions_written == 0

@@ -28,7 +28,9 @@ def _turns(n: int) -> list[dict]:
 
 def _example(engine, context_tokens: int = 40, chunk_tokens: int = 24):
     ids = engine.render_prompt([SYSTEM], _turns(10))
-    return build_example(ids[:context_tokens], ids[context_tokens : context_tokens + chunk_tokens], context_tokens)
+    return build_example(
+        ids[:context_tokens], ids[context_tokens : context_tokens + chunk_tokens], context_tokens, "cpu"
+    )
 
 
 def _loss_and_grads(model, input_ids, labels, **options) -> tuple[float, list[torch.Tensor]]:
@@ -150,7 +152,7 @@ def test_the_batched_teacher_matches_each_probe_read_alone(make_engine):
 def test_the_head_run_on_scored_positions_only_gives_the_full_logits_and_gradients_there(trained):
     teacher = ProbeTeacher(trained.renderer, trained.config.model_copy(update={"anchor_probes": 4}))
     with trained.bank.active("a") as model:
-        batch = teacher.batch(teacher.anchor(model, [SYSTEM], seed=1)).students  # right-padded, answers labelled
+        batch = teacher.batch(teacher.anchor(model, [SYSTEM], seed=1), "cpu").students  # right-padded, answers labelled
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         full = model(**inputs).logits[:, :-1][batch.labels[:, 1:] != -100]
         head_only = scored_logits(model, batch.labels, **inputs)
