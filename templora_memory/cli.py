@@ -109,7 +109,7 @@ def _serve_on_ray(args: argparse.Namespace, settings: object) -> None:
     except ImportError as exc:
         raise TemploraError(str(exc)) from None
     spec = EngineSpec(args.store, args.max_resident, args.model, config_from_args(args))
-    run(spec, settings, args.replicas, host=args.host, port=args.port)
+    run(spec, settings, args.replicas, host=args.host, port=args.port, gpus=args.gpus_per_replica)
 
 
 def _loopback(host: str) -> bool:
@@ -148,6 +148,9 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--ray", action="store_true", help="serve on Ray Serve, agents spread over replicas (ray extra)")
     serve.add_argument("--replicas", type=int, default=2, help="model replicas with --ray (default: 2)")
+    serve.add_argument(
+        "--gpus-per-replica", type=float, default=0.0, help="GPUs Ray gives each replica with --ray (default: 0)"
+    )
     serve.set_defaults(**_serve_environment())
     serve.epilog = "Each option also reads $TEMPLORA_<OPTION> (TEMPLORA_PORT=9000; --cors-origin: commas)."
     add_config_options(serve)
@@ -156,7 +159,7 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
 SERVE_ENVIRONMENT = (
     "host", "port", "model", "store", "max_resident", "workers", "max_queue", "request_timeout", "max_body_bytes",
     "max_import_bytes", "shutdown_timeout", "sync_write_tokens", "max_pending_tokens", "log_level", "replicas",
-    "threads",
+    "gpus_per_replica", "threads",
 )  # fmt: skip
 """`serve` options also read from $TEMPLORA_<OPTION> (`TEMPLORA_PORT=9000`), like the config fields; besides these,
 $TEMPLORA_CORS_ORIGIN takes commas. The key is $TEMPLORA_API_KEY (see `--api-key`)."""

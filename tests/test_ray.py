@@ -153,3 +153,17 @@ def test_serve_ray_needs_a_shared_store_and_a_bound(capsys):
 
     assert cli.main(["serve", "--ray", "--max-resident", "4"]) == 2
     assert "--ray needs --store" in capsys.readouterr().err
+
+
+def test_serve_ray_gives_each_replica_the_gpus_asked_for(monkeypatch, tmp_path):
+    from templora_memory import cli
+    from templora_memory.server import ray_app
+
+    started = {}
+    monkeypatch.setattr(ray_app, "run", lambda spec, settings, replicas, **options: started.update(options))
+    argv = ["serve", "--ray", "--store", str(tmp_path), "--max-resident", "4", "--gpus-per-replica", "0.5"]
+    cli.main([*argv, "--device", "cuda"])
+    assert started["gpus"] == 0.5
+    app = ray_app.application(lambda: None, max_resident=4, replicas=2, replica_gpus=0.5)
+    replica = app._bound_deployment.init_args[0]  # the router is bound over the replica deployment
+    assert replica._bound_deployment.ray_actor_options == {"num_cpus": 1.0, "num_gpus": 0.5}

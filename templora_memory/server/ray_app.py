@@ -282,15 +282,17 @@ def application(
     settings: ServerSettings | None = None,
     replicas: int = 2,
     replica_cpus: float = 1.0,
+    replica_gpus: float = 0.0,
 ) -> Any:
-    """The Serve application: the router over `replicas` model replicas, each building its engine with `factory`."""
+    """The Serve application: the router over `replicas` model replicas, each building its engine with `factory`
+    on `replica_cpus` CPUs and `replica_gpus` GPUs (Ray then shows each replica its GPU; device "auto" takes it)."""
     settings = settings or ServerSettings()
     replica = serve.deployment(
         AgentReplica,
         name="AgentReplica",
         num_replicas=replicas,
         max_ongoing_requests=settings.max_queue,  # a replica queues its agents' calls itself (429 past max_queue)
-        ray_actor_options={"num_cpus": replica_cpus},
+        ray_actor_options={"num_cpus": replica_cpus, "num_gpus": replica_gpus},
     )
     router = serve.deployment(Router, name="Router", ray_actor_options={"num_cpus": 0})
     return router.bind(replica.bind(factory, settings, max_resident))
@@ -298,15 +300,19 @@ def application(
 
 def build(args: dict[str, str]) -> Any:
     """The application builder for `serve run templora_memory.server.ray_app:build store=URL [replicas=2]
-    [max_resident=100] [model=PATH] [replica_cpus=1]` (one Serve config file can name it too)."""
+    [max_resident=100] [model=PATH] [replica_cpus=1] [replica_gpus=0]` (one Serve config file can name it too)."""
     spec = EngineSpec(store=args["store"], max_resident=int(args.get("max_resident", 100)), model=args.get("model"))
     return application(
-        spec, spec.max_resident, replicas=int(args.get("replicas", 2)), replica_cpus=float(args.get("replica_cpus", 1))
+        spec,
+        spec.max_resident,
+        replicas=int(args.get("replicas", 2)),
+        replica_cpus=float(args.get("replica_cpus", 1)),
+        replica_gpus=float(args.get("replica_gpus", 0)),
     )
 
 
-def run(spec: EngineSpec, settings: ServerSettings, replicas: int, host: str, port: int) -> None:
-    """Start (or join, with RAY_ADDRESS) a Ray cluster and serve until interrupted."""
+def run(spec: EngineSpec, settings: ServerSettings, replicas: int, host: str, port: int, gpus: float = 0.0) -> None:
+    """Start (or join, with RAY_ADDRESS) a Ray cluster and serve until interrupted (`gpus` per replica)."""
     ray.init()
     serve.start(http_options={"host": host, "port": port})
-    serve.run(application(spec, spec.max_resident, settings, replicas), blocking=True)
+    serve.run(application(spec, spec.max_resident, settings, replicas, replica_gpus=gpus), blocking=True)
