@@ -15,6 +15,8 @@ from transformers import PreTrainedModel
 from templora_memory.config import TempLoraConfig
 from templora_memory.errors import TemploraError
 
+STORED_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+"""`adapter_dtype` settings: the dtype an agent's LoRA is stored in."""
 _PLACEHOLDER = "templora_placeholder"  # peft needs one adapter to exist; this rank-1 one is never trained or used
 
 
@@ -98,10 +100,12 @@ class AdapterBank:
         return self._slot_params[name]
 
     def weights(self, agent_id: str) -> tuple[dict[str, torch.Tensor], dict]:
-        """The agent's LoRA tensors and peft config, in the layout `PeftModel.from_pretrained` reads."""
+        """The agent's LoRA tensors (CPU, in `adapter_dtype`) and peft config, as `PeftModel.from_pretrained` reads
+        them."""
         name = self._names[agent_id]
+        dtype = STORED_DTYPES[self.config.adapter_dtype]
         tensors = {
-            key: t.detach().to("cpu", copy=True)
+            key: t.detach().to("cpu", dtype, copy=True)
             for key, t in get_peft_model_state_dict(self.model, adapter_name=name).items()
         }
         peft_config = self.model.peft_config[name].to_dict()

@@ -241,7 +241,8 @@ class Residency:
             with self.model_lock:
                 tensors, peft_config = self.bank.weights(state.agent_id)
             peft_config["base_model_name_or_path"] = self.model_name
-            optimizer = state.optimizer.state_dict() if state.optimizer is not None else None
+            kept = state.optimizer is not None and self.config.store_optimizer
+            optimizer = state.optimizer.state_dict() if kept else None
             replay = [probe.to_record() for probe in state.reservoir]
             payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer, replay=replay)
         try:

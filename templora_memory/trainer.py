@@ -93,6 +93,14 @@ def build_example(
     return input_ids, labels
 
 
+@torch.no_grad()
+def round_weights(optimizer: torch.optim.Optimizer, dtype: torch.dtype) -> None:
+    """Round the trained parameters to the precision they are stored in (kept fp32 for the optimizer's steps)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.copy_(parameter.to(dtype))
+
+
 def learning_rate(step: int, config: TempLoraConfig) -> float:
     """Linear warm-up from 0 to α over the first `warmup_chunks` chunks' optimizer steps, then constant (paper §3)."""
     warmup_steps = config.warmup_chunks * config.epochs

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from templora_memory import trainer
-from templora_memory.adapters import AdapterBank
+from templora_memory.adapters import STORED_DTYPES, AdapterBank
 from templora_memory.agent import AgentState, ChunkJob, agent_seed
 from templora_memory.config import TempLoraConfig
 from templora_memory.devices import model_device
@@ -101,6 +101,7 @@ def run_update(
         job.loss = trainer.train_chunk(
             model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill
         )
+    trainer.round_weights(optimizer, STORED_DTYPES[config.adapter_dtype])  # RAM holds what a reload gives
     job.seconds = time.perf_counter() - started
 
 

@@ -317,3 +317,35 @@ def test_speed_times_replies_writes_and_scores_the_decode_path(make_engine, toke
     assert speed.transformers_timing(tiny_model(tokenizer), tokens[:40], 4)["tokens_per_s"] > 0
     assert speed.cache_reuse_ttft(engine, tokens, 40) > 0
     assert speed.decode_quality(engine, tokens[:20])["ppl"] > 1
+
+
+def test_footprint_measures_an_agent_and_loads_agents_of_a_simulated_store(make_engine, locomo_file, tmp_path):
+    from benchmarks import footprint
+
+    messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
+    engine = make_engine(store=tmp_path / "store", store_optimizer=False)
+    result = footprint.run(engine, tmp_path / "store", messages, chunks=2, agents=12, sample=4)
+    assert result["chunks_written"] >= 2
+    disk, ram = result["bytes_per_agent"]["disk"], result["bytes_per_agent"]["ram"]
+    lora_numel = ram["lora"] // 4  # fp32 in RAM
+    assert 2 * lora_numel < disk["adapter_model.safetensors"] < 2 * lora_numel + 20_000  # bf16 on disk, + header
+    assert "optimizer.pt" not in disk and ram["optimizer"] == 2 * ram["lora"]  # AdamW's two moments, RAM only
+    assert result["store"]["bytes"] > 12 * disk["total"] and result["store"]["load_ms"]["mean"] > 0
+    assert "store of 12 agents" in footprint.table(result)
+
+
+def test_device_benchmark_measures_training_against_generation_on_the_cpu(tmp_path, capsys):
+    from benchmarks import device
+
+    args = benchmarks.build_parser().parse_args(
+        ["device", "--device", "cpu", "--sizes", "tiny", "--chunks", "2", "--new-tokens", "4", "--chunk-tokens",
+         "32", "--train-context-tokens", "32", "--window-tokens", "64", "--out", str(tmp_path / "d.json")]
+    )  # fmt: skip
+    result = device.main(args)
+    row = result["rows"][0]
+    assert result["device"].startswith("cpu") and row["size"] == "tiny" and row["parameters"] > 100_000
+    assert row["train_s_per_1k_written"] > 0 and row["generate_s_per_1k"] > 0 and row["prefill_tok_s"] > 0
+    assert row["train_vs_generate"] == pytest.approx(row["train_s_per_1k_written"] / row["generate_s_per_1k"], 0.01)
+    assert row["decode_tok_s_base"] > 0 and row["decode_tok_s_adapter"] > 0 and row["agent_stored_mb"] > 0
+    assert "train_vs_generate" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d.json").read_text())["rows"] == [row]

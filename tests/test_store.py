@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import safetensors.torch
 import torch
 from peft import PeftModel
 
@@ -63,6 +64,28 @@ def test_a_restarted_engine_continues_exactly_where_it_stopped(make_engine, stor
     second.add_turns("npc", more)
     assert second.stats("npc").chunks_trained > 2
     assert all(torch.equal(a, b) for a, b in zip(_lora(uninterrupted, "npc"), _lora(second, "npc"), strict=True))
+
+
+def test_by_default_the_adapter_is_stored_in_bf16_without_optimizer_and_reloads_as_it_was_in_ram(make_engine, tmp_path):
+    """What a reload gives is what RAM held (the trained weights are rounded to bf16 after each update); training
+    then goes on from fresh AdamW moments, as the first update after a restart (store_optimizer=False)."""
+    first = make_engine(store=tmp_path, store_optimizer=False)
+    first.add_turns("npc", [{"role": "system", "content": "You are Tom."}, *_turns(14)])
+    before, lora, trained = _next_token_logprobs(first, "npc"), _lora(first, "npc"), first.stats("npc").chunks_trained
+    assert all(torch.equal(p, p.bfloat16().float()) for p in lora)  # on the bf16 grid in RAM too
+    first.close()
+    files = {p.name: p for p in (tmp_path / "agents" / store_key("npc")).glob("v*/*")}
+    assert "optimizer.pt" not in files
+    stored = safetensors.torch.load_file(files["adapter_model.safetensors"])
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert files["adapter_model.safetensors"].stat().st_size < 2.1 * sum(p.numel() for p in lora)  # 2 bytes each
+    second = make_engine(store=tmp_path, store_optimizer=False)
+    assert torch.equal(_next_token_logprobs(second, "npc"), before)
+    assert all(torch.equal(a, b) for a, b in zip(_lora(second, "npc"), lora, strict=True))
+    second.add_turns("npc", _turns(10, start=14))
+    assert second.stats("npc").chunks_trained > trained  # (first.stats would read the store's newer record now)
+    assert not all(torch.equal(a, b) for a, b in zip(_lora(second, "npc"), lora, strict=True))
+    assert all(torch.isfinite(p).all() for p in _lora(second, "npc"))
 
 
 def test_stored_adapter_loads_with_plain_peft(make_engine, store_url, tmp_path, tokenizer):
