@@ -57,7 +57,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def run(engine: MemoryEngine, store: Path, messages: list[dict], chunks: int, agents: int, sample: int) -> dict:
     """The measurements over `engine`, whose store is the local directory `store`."""
     written = _write_chunks(engine, messages, chunks)
-    per_agent = {"disk": _disk_bytes(store, AGENT), "ram": _ram_bytes(engine, AGENT)}
+    disk = _disk_bytes(store, AGENT)
+    per_agent = {"disk": disk, "ram": _ram_bytes(engine, AGENT, disk)}
     engine.close()
     simulated = _simulate(store, agents)
     return {
@@ -84,14 +85,12 @@ def _disk_bytes(store: Path, agent_id: str) -> dict[str, int]:
     return {**files, "total": sum(files.values())}
 
 
-def _ram_bytes(engine: MemoryEngine, agent_id: str) -> dict[str, int]:
-    """Bytes an agent holds in RAM while resident: its LoRA, the AdamW moments, the probes kept for replay."""
+def _ram_bytes(engine: MemoryEngine, agent_id: str, disk: dict[str, int]) -> dict[str, int]:
+    """Bytes an agent holds in RAM while resident: its LoRA (fp32), AdamW's two moments (fp32, shaped as the LoRA),
+    and the probes kept for replay (as many bytes as their file holds)."""
     lora = sum(p.numel() * p.element_size() for p in engine.bank.parameters(agent_id))
-    with engine._residency.locked(agent_id) as state:
-        optimizer = state.optimizer.state_dict()["state"].values() if state.optimizer is not None else []
-        moments = sum(t.numel() * t.element_size() for s in optimizer for t in s.values() if t.dim() > 0)
-        replay = sum(p.top_ids.nbytes + p.top_logprobs.nbytes + 8 * len(p.prompt + p.answer) for p in state.reservoir)
-    return {"lora": lora, "optimizer": moments, "replay": replay, "total": lora + moments + replay}
+    replay = disk.get("replay.pt", 0)
+    return {"lora": lora, "optimizer": 2 * lora, "replay": replay, "total": 3 * lora + replay}
 
 
 def _simulate(store: Path, agents: int) -> dict[str, Any]:
