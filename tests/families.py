@@ -28,7 +28,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from tests.tiny import HERMES, tiny_tokenizer
+from tests.tiny import HERMES, TINY_SHAPE, tiny_tokenizer
 
 LLAMA3 = """\
 {{- bos_token }}
@@ -175,11 +175,7 @@ def family_model(family: Family, tokenizer: PreTrainedTokenizerFast, seed: int =
     torch.manual_seed(seed)
     kwargs = dict(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=1024,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -48,6 +48,12 @@ CORPUS = [
 ]
 
 
+TINY_SHAPE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+"""Two layers, hidden size 32: a forward/backward pass takes milliseconds."""
+
+
 def tiny_tokenizer(
     vocab_size: int = 512, specials: Sequence[str] = SPECIAL, eos: str = "<|im_end|>", pad: str = "<|endoftext|>"
 ) -> PreTrainedTokenizerFast:
@@ -69,11 +75,7 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, context: int = 1024, seed: in
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         max_position_embeddings=context,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
