@@ -80,7 +80,7 @@ def measure(size: str, config: TempLoraConfig, device: torch.device, chunks: int
     decode = {who: _decode_seconds(engine, who, prompt, new_tokens, device) for who in (None, AGENT)}
     return {
         "size": size,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name),  # the base
         "train_s_per_1k_written": round(1000 * train, 3),
         "generate_s_per_1k": round(1000 * decode[AGENT], 3),
         "train_vs_generate": round(train / decode[AGENT], 3),
