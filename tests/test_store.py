@@ -78,7 +78,8 @@ def test_by_default_the_adapter_is_stored_in_bf16_without_optimizer_and_reloads_
     assert "optimizer.pt" not in files
     stored = safetensors.torch.load_file(files["adapter_model.safetensors"])
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
-    assert files["adapter_model.safetensors"].stat().st_size < 2.1 * sum(p.numel() for p in lora)  # 2 bytes each
+    numel = sum(p.numel() for p in lora)
+    assert 2 * numel < files["adapter_model.safetensors"].stat().st_size < 2 * numel + 200 * len(stored)  # + header
     second = make_engine(store=tmp_path, store_optimizer=False)
     assert torch.equal(_next_token_logprobs(second, "npc"), before)
     assert all(torch.equal(a, b) for a, b in zip(_lora(second, "npc"), lora, strict=True))
