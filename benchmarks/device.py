@@ -5,7 +5,8 @@ Llama-2-7B-shaped model; shapes only, no weights, nothing downloaded) run the en
 seconds of training per 1K tokens written (a plain Temp-Lora update: the chunk, its L_T context and `epochs` steps;
 probes and anchors off unless asked) against seconds per 1K tokens generated, as the paper's "training costs 7 % of
 generation time" (§3.3, 7B on a GPU); decode tokens/s without and with an adapter; prefill tokens/s; and the memory
-of one agent (LoRA and optimizer in device memory, the adapter on disk). One table; `--sizes` picks the models
+of one agent (LoRA and optimizer in device memory; what it stores with the configured storage, by default an fp32
+adapter and the moments, and in the opt-in compact form, a bf16 adapter alone). One table; `--sizes` picks the models
 (default: all three on a GPU, 135m on the CPU, where the 1B and 7B take too long). No dependency beyond the library.
 """
 
@@ -127,12 +128,16 @@ def _prefill_rate(engine: MemoryEngine, prompt: list[int], device) -> float:
 
 
 def _agent_memory(engine: MemoryEngine) -> dict[str, float]:
-    """One agent's LoRA and AdamW moments in device memory, and its adapter as stored (`adapter_dtype`)."""
+    """One agent's LoRA and AdamW moments in device memory, and the tensor bytes it stores as configured (the adapter
+    in `adapter_dtype`, the moments with `store_optimizer`; by default fp32 and stored) and in the opt-in compact
+    form (a bf16 adapter, no moments)."""
     parameters = engine.bank.parameters(AGENT)
     lora = sum(p.numel() * p.element_size() for p in parameters)
-    stored = sum(p.numel() for p in parameters) * (2 if engine.config.adapter_dtype == "bf16" else 4)
+    adapter = sum(p.numel() for p in parameters) * (2 if engine.config.adapter_dtype == "bf16" else 4)
+    stored = adapter + (2 * lora if engine.config.store_optimizer else 0)
+    compact = sum(p.numel() for p in parameters) * 2
     return {"agent_lora_mb": round(lora / 1e6, 1), "agent_optimizer_mb": round(2 * lora / 1e6, 1),
-            "agent_stored_mb": round(stored / 1e6, 1)}  # fmt: skip
+            "agent_stored_mb": round(stored / 1e6, 1), "agent_stored_compact_mb": round(compact / 1e6, 1)}  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:

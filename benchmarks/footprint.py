@@ -1,12 +1,20 @@
-"""`python -m benchmarks footprint`: bytes per agent on disk and in RAM, and a store of 10,000 agents.
+"""`python -m benchmarks footprint`: bytes per agent on disk and in RAM, and a store of 10,000 agents, for the
+default storage and the compact one side by side.
 
-One agent of the model (default: the embedded one, default config) receives a LoCoMo conversation until
+The default storage (adapter_dtype="fp32", store_optimizer=True) keeps the adapter as trained and AdamW's moments,
+so training after a reload continues exactly; the compact one (adapter_dtype="bf16", store_optimizer=False) stores
+half the adapter's bytes and no moments, and is opt-in because it changes training results at a recall cost not yet
+measured. The benchmark sets these two fields itself; every other field comes from the options.
+
+One agent of the model (default: the embedded one) receives a LoCoMo conversation under the default storage until
 `--chunks` chunks are written (default 4). Its committed files are measured, and its RAM: the LoRA (fp32 while
-resident), the AdamW moments, the taught probes kept for replay. Then `--agents` agents (default 10,000) are
-simulated in a store as hard links of that agent's files (the store's own layout, so they load as real agents;
-the apparent size is what a store of that many agents holds), and `--sample` of them (default 200) are loaded by
-an engine one after another (each taken, read, loaded, released): their mean load time is reported. The files
-are in the page cache then, so this is the load time of a warm local disk, not of S3.
+resident, under either storage), the AdamW moments, the taught probes kept for replay. The agent is then exported
+and imported by an engine with the compact storage, which commits it again in that form: file sizes follow from
+shapes and dtypes, not from the trained values, so it is trained once. For each storage, `--agents` agents (default
+10,000) are simulated in a store as hard links of that agent's files (the store's own layout, so they load as real
+agents; the apparent size is what a store of that many agents holds), and `--sample` of them (default 200) are
+loaded by the engine one after another (each taken, read, loaded, released): their mean load time is reported. The
+files are in the page cache then, so this is the load time of a warm local disk, not of S3.
 """
 
 from __future__ import annotations
@@ -17,22 +25,32 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks import common
 from benchmarks import locomo_data as data
-from templora_memory.config import config_from_args
+from templora_memory.config import TempLoraConfig, config_from_args
 from templora_memory.engine import MemoryEngine
 from templora_memory.store import CURRENT, store_key
 
 DEFAULT_DATA = common.LOCOMO_DEV
 AGENT = "footprint"
+STORAGE = {
+    "default": {"adapter_dtype": "fp32", "store_optimizer": True},
+    "compact": {"adapter_dtype": "bf16", "store_optimizer": False},
+}
+"""The storage settings measured side by side: the defaults, and the opt-in compact form."""
+MakeEngine = Callable[[Path, dict[str, Any]], MemoryEngine]
+"""Builds an engine over the store at a local directory, with a storage's settings."""
 
 
 def add_parser(subparsers) -> None:
     """Register `footprint`."""
-    parser = subparsers.add_parser("footprint", help="bytes per agent on disk and in RAM; a 10,000-agent store")
+    parser = subparsers.add_parser(
+        "footprint", help="bytes per agent on disk and in RAM, a 10,000-agent store; default and compact storage"
+    )
     common.add_common_options(parser, DEFAULT_DATA, "results/footprint.json")
     parser.add_argument("--chunks", type=int, default=4, help="chunks written into the agent (default: 4)")
     parser.add_argument("--agents", type=int, default=10_000, help="agents in the simulated store (default: 10000)")
@@ -41,28 +59,47 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train one agent, measure it, simulate the store, time loads; print one table and write the JSON."""
+    """Train one agent, measure it under both storages, simulate the stores, time loads; one table and the JSON."""
     started = time.perf_counter()
     common.set_threads(args)
+    config = config_from_args(args)
     messages = [line.message for session in data.lines(data.load(args.data)[0]) for line in session]
+
+    def make(store: Path, storage: dict[str, Any]) -> MemoryEngine:
+        return MemoryEngine(args.model, config.model_copy(update=storage), store=store)
+
     with tempfile.TemporaryDirectory(prefix="templora-footprint-") as root:
-        engine = MemoryEngine(args.model, config_from_args(args), store=Path(root))
-        result = run(engine, Path(root), messages, args.chunks, args.agents, args.sample)
-    result.update(common.run_info(engine, args, started))
+        result = run(make, Path(root), messages, args.chunks, args.agents, args.sample)
+    result.update(_run_info(config, args, started))
     print(table(result))
     common.write_json(args.out, result)
     return result
 
 
-def run(engine: MemoryEngine, store: Path, messages: list[dict], chunks: int, agents: int, sample: int) -> dict:
-    """The measurements over `engine`, whose store is the local directory `store`."""
+def run(make: MakeEngine, root: Path, messages: list[dict], chunks: int, agents: int, sample: int) -> dict:
+    """The agent trained under the default storage and committed again under the compact one; both measured, each
+    in its own store under `root` (a local directory). One engine at a time holds a model."""
+    engine = make(root / "default", STORAGE["default"])
     written = _write_chunks(engine, messages, chunks)
+    exported = engine.export(AGENT, root / "exported")
+    measured = {"default": _measure(engine, root / "default", agents, sample)}
+    model = engine.model_name
+    del engine
+    engine = make(root / "compact", STORAGE["compact"])
+    engine.import_(exported, AGENT)
+    engine.save(AGENT)  # its weights committed again, in the compact form
+    measured["compact"] = _measure(engine, root / "compact", agents, sample)
+    return {"model": model, "chunks_written": written, "storage": measured}
+
+
+def _measure(engine: MemoryEngine, store: Path, agents: int, sample: int) -> dict[str, Any]:
+    """The agent's files and RAM under `engine`'s storage settings, then a simulated store of `agents` and loads."""
     disk = _disk_bytes(store, AGENT)
     per_agent = {"disk": disk, "ram": _ram_bytes(engine, AGENT, disk)}
     engine.close()
     simulated = _simulate(store, agents)
     return {
-        "chunks_written": written,
+        "settings": {name: getattr(engine.config, name) for name in STORAGE["default"]},
         "bytes_per_agent": per_agent,
         "store": {**simulated, "load_ms": _time_loads(engine, agents, sample)},
     }
@@ -125,15 +162,44 @@ def _since(started: float) -> float:
     return round(time.perf_counter() - started, 1)
 
 
+def _run_info(config: TempLoraConfig, args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """What produced the result: the config (its two storage fields set per storage), options, machine, duration."""
+    options = {k: v for k, v in vars(args).items() if k not in TempLoraConfig.model_fields and not callable(v)}
+    return {
+        "config": config.model_dump(exclude=set(STORAGE["default"])),
+        "options": options,
+        "seconds": _since(started),
+        **common.machine_info(),
+    }
+
+
 def table(result: dict[str, Any]) -> str:
-    """Bytes per agent (disk files, RAM parts) and the simulated store, as text."""
-    disk, ram, store = result["bytes_per_agent"]["disk"], result["bytes_per_agent"]["ram"], result["store"]
-    lines = [f"{result['chunks_written']} chunks written", f"{'per agent':<32}{'MB':>10}"]
-    lines += [f"{'disk ' + name:<32}{size / 1e6:>10.2f}" for name, size in disk.items()]
-    lines += [f"{'RAM ' + name:<32}{size / 1e6:>10.2f}" for name, size in ram.items()]
-    loads = store["load_ms"]
-    lines.append(
-        f"store of {store['agents']:,} agents: {store['gb']} GB; an agent loads in {loads['mean']} ms mean, "
-        f"{loads['p50']} ms median (warm local disk)"
-    )
+    """Bytes per agent (disk files, RAM parts) and the simulated store under each storage, side by side, as text."""
+    storage = result["storage"]
+    names = list(storage)
+    width = 12
+
+    def row(label: str, values: list[str]) -> str:
+        return f"{label:<34}" + "".join(f"{value:>{width}}" for value in values)
+
+    def sizes(part: str) -> list[str]:
+        keys = sorted({key for s in storage.values() for key in s["bytes_per_agent"][part]} - {"total"})
+        lines = []
+        for key in [*keys, "total"]:
+            values = [s["bytes_per_agent"][part].get(key) for s in storage.values()]
+            lines.append(row(f"{'disk' if part == 'disk' else 'RAM'} {key}", [_mb(v) for v in values]))
+        return lines
+
+    settings = [", ".join(f"{k}={v}" for k, v in s["settings"].items()) for s in storage.values()]
+    lines = [f"{result['chunks_written']} chunks written"]
+    lines += [f"{name}: {text}" for name, text in zip(names, settings, strict=True)]
+    lines += [row("per agent, MB", names), *sizes("disk"), *sizes("ram")]
+    agents = next(iter(storage.values()))["store"]["agents"]
+    lines.append(row(f"store of {agents:,} agents, GB", [str(s["store"]["gb"]) for s in storage.values()]))
+    lines.append(row("load, ms mean (warm local disk)", [str(s["store"]["load_ms"]["mean"]) for s in storage.values()]))
+    lines.append(row("load, ms median", [str(s["store"]["load_ms"]["p50"]) for s in storage.values()]))
     return "\n".join(lines)
+
+
+def _mb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e6:.2f}"

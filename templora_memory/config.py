@@ -119,12 +119,14 @@ class TempLoraConfig(BaseSettings):
     else the CPU), "cpu", "cuda", "cuda:N" or "mps". On a CUDA GPU the base weights are held in bf16 (fp16 without
     bf16), attention runs through SDPA, decode_weights "auto" uses those weights as they are and LoRA and optimizer
     stay fp32; the compact int8/int4 decode kernels and the llama.cpp backend are CPU-only."""
-    adapter_dtype: Literal["bf16", "fp32"] = "bf16"
-    """Precision an agent's LoRA is stored in. After each update the trained fp32 weights are rounded to it in RAM
-    too, so that the adapter a reload gives is the one in RAM (bf16: half the bytes on disk; "fp32": as trained)."""
-    store_optimizer: bool = False
-    """Store the AdamW moments with the adapter (twice its fp32 size) so training after a reload continues exactly
-    as without one; False: an agent loaded from the store starts its next update with fresh moments."""
+    adapter_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Precision an agent's LoRA is stored in: "fp32", as trained (the default), or "bf16", half the bytes on disk,
+    with the trained weights rounded to bf16 in RAM too after each update, so a reload gives what RAM held. bf16
+    changes training results and its cost in recall has not been measured, so it is opt-in."""
+    store_optimizer: bool = True
+    """Store the AdamW moments with the adapter (twice its fp32 size), so training after a reload continues exactly
+    as without one (the default); False stores a third of the bytes and an agent loaded from the store starts its
+    next update with fresh moments, which changes training results at a recall cost not yet measured (opt-in)."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

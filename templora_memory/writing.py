@@ -101,7 +101,8 @@ def run_update(
         job.loss = trainer.train_chunk(
             model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill
         )
-    trainer.round_weights(optimizer, STORED_DTYPES[config.adapter_dtype])  # RAM holds what a reload gives
+    if config.adapter_dtype != "fp32":  # RAM holds what a reload gives (fp32: the trained weights as they are)
+        trainer.round_weights(optimizer, STORED_DTYPES[config.adapter_dtype])
     job.seconds = time.perf_counter() - started
 
 

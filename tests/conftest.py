@@ -13,17 +13,10 @@ from templora_memory import MemoryEngine, ParametricMemory, TempLoraConfig
 from templora_memory.config import env_var
 from tests.tiny import HERMES, tiny_model, tiny_tokenizer
 
-TINY_CONFIG = dict(
-    chunk_tokens=32,
-    window_tokens=96,
-    train_context_tokens=32,
-    max_new_tokens=8,
-    learning_rate=1e-2,
-    store_optimizer=True,
-)
-"""Short chunks and window for the tiny model; the write recipe (probes, replay, anchors, precision) is the default.
-The AdamW moments are stored, so restarted engines continue exactly as uninterrupted ones, which the persistence,
-crash and Ray tests compare; the default (no moments) is tested in test_store."""
+TINY_CONFIG = dict(chunk_tokens=32, window_tokens=96, train_context_tokens=32, max_new_tokens=8, learning_rate=1e-2)
+"""Short chunks and window for the tiny model; the write recipe (probes, replay, anchors, precision) is the default,
+and so is the storage (fp32 adapter, AdamW moments stored), so restarted engines continue exactly as uninterrupted
+ones, which the persistence, crash and Ray tests compare; the compact storage is tested in test_store."""
 
 
 @pytest.fixture(autouse=True)

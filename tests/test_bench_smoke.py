@@ -319,19 +319,32 @@ def test_speed_times_replies_writes_and_scores_the_decode_path(make_engine, toke
     assert speed.decode_quality(engine, tokens[:20])["ppl"] > 1
 
 
-def test_footprint_measures_an_agent_and_loads_agents_of_a_simulated_store(make_engine, locomo_file, tmp_path):
+def test_footprint_measures_the_default_and_the_compact_storage_side_by_side(make_engine, locomo_file, tmp_path):
     from benchmarks import footprint
 
     messages = [line.message for session in data.lines(data.load(locomo_file)[0]) for line in session]
-    engine = make_engine(store=tmp_path / "store", store_optimizer=False)
-    result = footprint.run(engine, tmp_path / "store", messages, chunks=2, agents=12, sample=4)
+
+    def make(store, storage):
+        return make_engine(store=store, **storage)
+
+    result = footprint.run(make, tmp_path, messages, chunks=2, agents=12, sample=4)
     assert result["chunks_written"] >= 2
-    disk, ram = result["bytes_per_agent"]["disk"], result["bytes_per_agent"]["ram"]
-    lora_numel = ram["lora"] // 4  # fp32 in RAM
-    assert 2 * lora_numel < disk["adapter_model.safetensors"] < 2 * lora_numel + 20_000  # bf16 on disk, + header
-    assert "optimizer.pt" not in disk and ram["total"] == 3 * ram["lora"] + disk.get("replay.pt", 0)
-    assert result["store"]["bytes"] > 12 * disk["total"] and result["store"]["load_ms"]["mean"] > 0
-    assert "store of 12 agents" in footprint.table(result)
+    default, compact = result["storage"]["default"], result["storage"]["compact"]
+    assert default["settings"] == {"adapter_dtype": "fp32", "store_optimizer": True}
+    assert compact["settings"] == {"adapter_dtype": "bf16", "store_optimizer": False}
+    disk, ram = default["bytes_per_agent"]["disk"], default["bytes_per_agent"]["ram"]
+    compact_disk = compact["bytes_per_agent"]["disk"]
+    lora_numel = ram["lora"] // 4  # fp32 in RAM under either storage
+    assert compact["bytes_per_agent"]["ram"] == ram and ram["total"] == 3 * ram["lora"] + disk.get("replay.pt", 0)
+    assert 4 * lora_numel < disk["adapter_model.safetensors"] < 4 * lora_numel + 20_000  # fp32 on disk, + header
+    assert 2 * lora_numel < compact_disk["adapter_model.safetensors"] < 2 * lora_numel + 20_000  # bf16
+    assert disk["optimizer.pt"] > 8 * lora_numel and "optimizer.pt" not in compact_disk  # AdamW's two moments
+    assert disk.get("replay.pt") == compact_disk.get("replay.pt")  # an agent whose chunks taught no probe has none
+    for measured in (default, compact):
+        assert measured["store"]["bytes"] > 12 * measured["bytes_per_agent"]["disk"]["total"]
+        assert measured["store"]["load_ms"]["mean"] > 0
+    text = footprint.table(result)
+    assert "store of 12 agents" in text and "compact: adapter_dtype=bf16, store_optimizer=False" in text
 
 
 def test_device_benchmark_measures_training_against_generation_on_the_cpu(tmp_path, capsys):
@@ -347,5 +360,6 @@ def test_device_benchmark_measures_training_against_generation_on_the_cpu(tmp_pa
     assert row["train_s_per_1k_written"] > 0 and row["generate_s_per_1k"] > 0 and row["prefill_tok_s"] > 0
     assert row["train_vs_generate"] == pytest.approx(row["train_s_per_1k_written"] / row["generate_s_per_1k"], 0.01)
     assert row["decode_tok_s_base"] > 0 and row["decode_tok_s_adapter"] > 0 and row["agent_stored_mb"] > 0
+    assert row["agent_stored_compact_mb"] <= row["agent_stored_mb"]  # fp32 and the moments by default
     assert "train_vs_generate" in capsys.readouterr().out
     assert json.loads((tmp_path / "d.json").read_text())["rows"] == [row]

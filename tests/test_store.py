@@ -66,10 +66,28 @@ def test_a_restarted_engine_continues_exactly_where_it_stopped(make_engine, stor
     assert all(torch.equal(a, b) for a, b in zip(_lora(uninterrupted, "npc"), _lora(second, "npc"), strict=True))
 
 
-def test_by_default_the_adapter_is_stored_in_bf16_without_optimizer_and_reloads_as_it_was_in_ram(make_engine, tmp_path):
-    """What a reload gives is what RAM held (the trained weights are rounded to bf16 after each update); training
-    then goes on from fresh AdamW moments, as the first update after a restart (store_optimizer=False)."""
-    first = make_engine(store=tmp_path, store_optimizer=False)
+def test_by_default_the_adapter_is_stored_in_fp32_as_trained_with_its_optimizer(make_engine, tmp_path):
+    """The default storage keeps the adapter as trained (not rounded, in RAM or on disk) and AdamW's moments: the
+    compact form changes training results and its cost in recall is not measured, so it is opt-in."""
+    engine = make_engine(store=tmp_path)
+    assert (engine.config.adapter_dtype, engine.config.store_optimizer) == ("fp32", True)
+    engine.add_turns("npc", [{"role": "system", "content": "You are Tom."}, *_turns(14)])
+    lora = _lora(engine, "npc")
+    assert not all(torch.equal(p, p.bfloat16().float()) for p in lora)  # off the bf16 grid: not rounded
+    engine.close()
+    folder = tmp_path / "agents" / store_key("npc")
+    files = {p.name: p for p in (folder / json.loads((folder / CURRENT).read_text())["version"]).iterdir()}
+    assert "optimizer.pt" in files
+    stored = safetensors.torch.load_file(files["adapter_model.safetensors"])
+    assert {t.dtype for t in stored.values()} == {torch.float32}
+    assert sum(t.numel() for t in stored.values()) == sum(p.numel() for p in lora)
+
+
+def test_the_compact_storage_keeps_a_bf16_adapter_without_optimizer_and_reloads_as_it_was_in_ram(make_engine, tmp_path):
+    """Opt-in (adapter_dtype="bf16", store_optimizer=False): what a reload gives is what RAM held (the trained
+    weights are rounded to bf16 after each update); training then goes on from fresh AdamW moments."""
+    compact = dict(adapter_dtype="bf16", store_optimizer=False)
+    first = make_engine(store=tmp_path, **compact)
     first.add_turns("npc", [{"role": "system", "content": "You are Tom."}, *_turns(14)])
     before, lora, trained = _next_token_logprobs(first, "npc"), _lora(first, "npc"), first.stats("npc").chunks_trained
     assert all(torch.equal(p, p.bfloat16().float()) for p in lora)  # on the bf16 grid in RAM too
@@ -80,7 +98,7 @@ def test_by_default_the_adapter_is_stored_in_bf16_without_optimizer_and_reloads_
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
     numel = sum(p.numel() for p in lora)
     assert 2 * numel < files["adapter_model.safetensors"].stat().st_size < 2 * numel + 200 * len(stored)  # + header
-    second = make_engine(store=tmp_path, store_optimizer=False)
+    second = make_engine(store=tmp_path, **compact)
     assert torch.equal(_next_token_logprobs(second, "npc"), before)
     assert all(torch.equal(a, b) for a, b in zip(_lora(second, "npc"), lora, strict=True))
     second.add_turns("npc", _turns(10, start=14))
