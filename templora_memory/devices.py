@@ -42,14 +42,16 @@ def weights_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def place(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
-    """`model` moved to `device` in its dtype there (on the CPU as loaded), with SDPA attention on a GPU."""
+def place(model: PreTrainedModel, choice: str) -> tuple[PreTrainedModel, torch.device]:
+    """`model` moved to the device `choice` resolves to, in its dtype there (on the CPU as loaded), with SDPA
+    attention on a GPU; and that device."""
+    device = resolve_device(choice)
     if device.type == "cpu":
-        return model.to(device)
+        return model.to(device), device
     model = model.to(device=device, dtype=weights_dtype(device))
     if device.type == "cuda" and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("sdpa")
-    return model
+    return model, device
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -37,7 +37,7 @@ from templora_memory.conversation import (
     window_start,
 )
 from templora_memory.decoding import decoder_for
-from templora_memory.devices import place, resolve_device
+from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
@@ -73,8 +73,7 @@ class MemoryEngine:
         self.config = config or TempLoraConfig()
         check_max_resident(max_resident)
         base, self.tokenizer, self.model_name = loaded or load_model(model)
-        self.device = resolve_device(self.config.device)
-        base = place(base, self.device)
+        base, self.device = place(base, self.config.device)
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
         self.config.check_against_context(self.context_tokens)
         replica = copy.deepcopy(base) if self.config.deployment == "parallel" else None  # before peft wraps base
