@@ -8,8 +8,10 @@ student, and the loss is KL(teacher ‖ student) on the probe's answer tokens.
 
 A 135M model writes poor questions, so probes are built from the user's own statements: each declarative
 sentence the user said becomes an answer in the assistant's voice ("My daughter is called Mira." →
-"Your daughter is called Mira."), asked by several questions (surface forms): generic recall questions
-and a cloze on the sentence's salient span (a name, a number, a place at its end).
+"Your daughter is called Mira."; "I was born in Oslo." → "You were born in Oslo."), asked by several questions
+(surface forms): generic recall questions and a cloze on the sentence's salient span (a name, a number, a place at
+its end). These are the default probes (`probe_writer="statements"`); `templora_memory.probe_shapes` builds the
+broader, opt-in ones and `templora_memory.probe_writer` picks the writer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from templora_memory.message import Message
 
@@ -53,6 +55,8 @@ _SWAPS = {
     "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are", "we": "you", "us": "you", "our": "your",
     "ours": "yours", "we're": "you're", "we've": "you've",
 }  # fmt: skip
+_AGREES = re.compile(r"\b(you) was(n't)?\b", re.I)
+"""A swapped "I was" ("you was") that must agree: "you were" ("I am" agrees through `_SWAPS`' "am" → "are")."""
 _WORD = re.compile(r"[A-Za-z']+")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!]")
 _SALIENT = re.compile(r"\b(?:[A-Z][a-z]+(?: [A-Z][a-z]+)*|\d[\d:/.,-]*\d|\d)\b")
@@ -60,14 +64,19 @@ _SALIENT = re.compile(r"\b(?:[A-Z][a-z]+(?: [A-Z][a-z]+)*|\d[\d:/.,-]*\d|\d)\b")
 
 @dataclass(frozen=True)
 class Probe:
-    """A question the user may ask later and the answer that restates what they said."""
+    """A question the user may ask later, the answer that restates what was said, and the span it must name."""
 
     question: str
     answer: str
+    span: str | None = None
+    """The name or number the answer must contain (set by the opt-in writers; the model's answers are checked on it)."""
+    sentence: str = field(default="", compare=False)
+    """What was said, as said (what a model-written probe is asked about)."""
 
 
 def swap_person(text: str) -> str:
-    """First person becomes second person ("my" → "your", "I am" → "you are"), keeping capitals."""
+    """First person becomes second person ("my" → "your", "I am" → "you are", "I was" → "you were"), keeping
+    capitals."""
 
     def swap(match: re.Match) -> str:
         word = match.group(0)
@@ -76,7 +85,7 @@ def swap_person(text: str) -> str:
             return word
         return swapped.capitalize() if match.start() == 0 else swapped  # "I" is upper case mid-sentence too
 
-    return _WORD.sub(swap, text.strip())
+    return _AGREES.sub(lambda m: f"{m.group(1)} were{m.group(2) or ''}", _WORD.sub(swap, text.strip()))
 
 
 def restate(sentence: str) -> str:
