@@ -29,6 +29,7 @@ RECIPE_FIELDS = (
     "kl_weight",
     "synthetic_questions",
     "probe_questions",
+    "probe_writer",
     "distill_weight",
     "distill_temperature",
     "replay_probes",

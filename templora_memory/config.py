@@ -58,9 +58,16 @@ class TempLoraConfig(BaseSettings):
     """LIFT (Mao et al. 2024): before a chunk is trained, the base model writes up to this many question/answer
     pairs about it, trained with the chunk as chat turns, loss on the answers (costs generation time; 0: off)."""
     probe_questions: int = Field(8, ge=0, le=64)
-    """Context distillation (see templora_memory.probes): question–answer probes built from the user's statements in
-    each chunk; the base model reading the chunk teaches the adapter, which reads only the question, by KL on the
-    answer tokens (one teacher pass over the chunk plus a short pass per probe; 0: off)."""
+    """Context distillation (see templora_memory.probes): question–answer probes about each chunk (written as
+    probe_writer says); the base model reading the chunk teaches the adapter, which reads only the question, by KL on
+    the answer tokens (one teacher pass over the chunk plus a short pass per probe; 0: off)."""
+    probe_writer: Literal["statements", "shapes", "model"] = "statements"
+    """Who writes the probes (templora_memory.probe_writer): "statements", rules on the user's first-person
+    statements (no generation); "shapes", rules on every turn and sentence shape (questions and requests reported,
+    the assistant's words recalled, a cloze per name or number); "model", the base model reading the chunk writes
+    each question and answer (self-study; two short generations per probe), falling back on "shapes" where its
+    answer misses the fact. The default was chosen by measurement: "shapes" lowered recall on the recall
+    benchmark's tuning split at 135M (docs/benchmarks.md). "model" is for capable models and unmeasured at 135M."""
     distill_weight: float = Field(1.0, ge=0.0, le=100.0)
     """Weight of the probes' KL(teacher ‖ student) next to the chunk's next-token loss."""
     distill_temperature: float = Field(1.0, gt=0.0, le=10.0)

@@ -24,7 +24,8 @@ from templora_memory.config import TempLoraConfig
 from templora_memory.conversation import ChatRenderer
 from templora_memory.devices import model_device
 from templora_memory.message import Message
-from templora_memory.probes import ANCHORS, probes_for
+from templora_memory.probe_writer import ProbeWriter
+from templora_memory.probes import ANCHORS
 from templora_memory.trainer import DistillBatch, padded_batch, scored_logits
 
 TOP_K = 32
@@ -62,9 +63,11 @@ class TaughtProbe:
 class ProbeTeacher:
     """Builds a chunk's probes, takes the teacher's answer distributions, and keeps the replay reservoir."""
 
-    def __init__(self, renderer: ChatRenderer, config: TempLoraConfig) -> None:
+    def __init__(self, renderer: ChatRenderer, config: TempLoraConfig, eos_ids: set[int] | None = None) -> None:
+        """`eos_ids` end the model's writing (`probe_writer="model"`); the rule writers need none."""
         self.renderer = renderer
         self.config = config
+        self.writer = ProbeWriter(renderer, eos_ids or set(), config.probe_writer)
         self._anchors: dict[str, list[TaughtProbe]] = {}  # system message (JSON) -> every anchor, taught
 
     @torch.no_grad()
@@ -81,8 +84,10 @@ class ProbeTeacher:
         The context runs once; all probes then run as one batch reading copies of its KV cache, each probe
         being the question after the chunk and the answer (right-padded: the padding follows every token scored).
         """
-        probes = probes_for(messages, self.config.probe_questions, seed)
-        if not probes or not context:
+        if not context:
+            return []
+        probes = self.writer.write(model, context, messages, self.config.probe_questions, seed)
+        if not probes:
             return []
         last = messages[-1] if messages else None
         students, follows = [], []

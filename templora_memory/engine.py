@@ -92,7 +92,7 @@ class MemoryEngine:
         )
         teachers = Teachers(
             QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions),
-            ProbeTeacher(self.renderer, self.config),
+            ProbeTeacher(self.renderer, self.config, self.eos_ids),
         )
         writer_parts = (self.bank, self.config, self._model_lock, teachers, self._residency.commit)
         self._writer = ParallelWriter(*writer_parts, replica) if replica is not None else ChunkWriter(*writer_parts)

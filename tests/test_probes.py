@@ -3,10 +3,15 @@ sentence shape (grammatical restatements), and the opt-in "model" writer (self-s
 
 from __future__ import annotations
 
-import pytest
+import contextlib
 
+import pytest
+import torch
+
+from templora_memory import ConfigError, TempLoraConfig
 from templora_memory import probe_shapes as shapes
 from templora_memory import probes as statements
+from templora_memory.probe_writer import ProbeWriter
 from templora_memory.probes import Probe
 
 # ----- the default: the user's first-person statements ----------------------------------------------
@@ -124,3 +129,99 @@ def test_shapes_probes_are_seeded_and_bounded():
 def test_swapping_twice_is_the_identity_on_plain_sentences():
     for sentence in ("My horse is at the mill.", "I left your cart at the gate."):
         assert shapes.swap_person(shapes.swap_person(sentence)) == sentence
+
+
+# ----- who writes: the option, and the model-written probes (self-study) -----------------------------
+
+TURN = [{"role": "user", "content": "My sword is named Nightfall."}]
+
+
+def test_the_default_writer_is_statements_and_an_unknown_writer_is_refused():
+    assert TempLoraConfig().probe_writer == "statements"
+    with pytest.raises(ConfigError, match="probe_writer"):
+        TempLoraConfig(probe_writer="poet")
+
+
+def test_the_rule_writers_are_the_rules_and_never_touch_the_model():
+    told = [{"role": "user", "content": "Could you keep my sword for me? I was born in Oslo."}]
+    for name, rules in (("statements", statements.probes_for), ("shapes", shapes.probes_for)):
+        written = ProbeWriter(renderer=None, eos_ids=set(), writer=name).write(None, [1, 2], told, count=8, seed=4)
+        assert written == rules(told, 8, seed=4) and written
+    assert statements.probes_for(told, 8, seed=4) != shapes.probes_for(told, 8, seed=4)  # the question is reported
+
+
+class ScriptedWriter(ProbeWriter):
+    """The model's writing replaced by scripted replies, to check what is kept and what falls back."""
+
+    def __init__(self, replies: dict[str, str]) -> None:
+        super().__init__(renderer=None, eos_ids=set(), writer="model")
+        self.replies = replies
+        self.asked: list[str] = []
+
+    def _generate(self, model, context, last, asked, cache) -> str:
+        self.asked.append(asked)
+        return next(reply for key, reply in self.replies.items() if key in asked)
+
+
+class NoAdapter:
+    """Stands in for the PeftModel: the writer only disables its adapter."""
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        yield
+
+
+def test_a_written_question_and_an_answer_naming_the_fact_are_kept():
+    writer = ScriptedWriter({"check that": "What did I call my sword? Tell me.", "call my sword": "Nightfall, sir."})
+    probe = writer.write(NoAdapter(), [1, 2, 3], TURN, count=1, seed=0)[0]
+    assert probe == Probe("What did I call my sword?", "Nightfall, sir.", "Nightfall")
+    assert writer.asked[0].startswith("Write the short question") and 'named Nightfall."' in writer.asked[0]
+
+
+def test_a_written_answer_missing_the_fact_and_a_non_question_fall_back_on_the_rules():
+    (rule,) = shapes.probes_for(TURN, 1, seed=0)
+    for question in ("Sword", "Tell me the name of my sword."):  # too short; not a question
+        writer = ScriptedWriter({"check that": question, "Remind me": "I do not know."})
+        assert writer.write(NoAdapter(), [1, 2, 3], TURN, count=1, seed=0) == [rule]
+
+
+def test_a_sentence_asked_about_twice_is_written_once_and_taught_once():
+    writer = ScriptedWriter({"check that": "Where does my cousin live?", "cousin live": "Rosa lives in Lisbon."})
+    told = [{"role": "user", "content": "My cousin Rosa moved to Lisbon."}]
+    written = writer.write(NoAdapter(), [1, 2, 3], told, count=2, seed=0)  # two clozes on the one sentence
+    assert written == [Probe("Where does my cousin live?", "Rosa lives in Lisbon.", "Lisbon")]
+    assert len(writer.asked) == 2  # one question, one answer
+
+
+def test_the_model_writes_probes_on_the_tiny_model_reproducibly_and_falls_back_on_the_rules(make_engine, monkeypatch):
+    replies, written = [], []
+    generate, write = ProbeWriter._generate, ProbeWriter.write
+
+    def generating(self, *args):
+        replies.append((args[3], generate(self, *args)))
+        return replies[-1][1]
+
+    def writing(self, model, context, messages, count, seed):
+        written.append((shapes.probes_for(messages, count, seed), write(self, model, context, messages, count, seed)))
+        return written[-1][1]
+
+    monkeypatch.setattr(ProbeWriter, "_generate", generating)
+    monkeypatch.setattr(ProbeWriter, "write", writing)
+    turns = [{"role": ("user", "assistant")[i % 2], "content": f"My cat number {i} is Tom{i}."} for i in range(6)]
+    runs = []
+    for _ in range(2):
+        replies.clear(), written.clear()
+        engine = make_engine(probe_writer="model", probe_questions=2, seed=3)
+        engine.add_turns("a", turns)
+        assert engine.stats("a").chunks_trained >= 1
+        runs.append((list(replies), list(written), engine.bank.parameters("a")))
+    (replies, written, first), (replies_again, written_again, second) = runs
+    assert replies and replies[0][0].startswith("Write the short question") and any(text for _, text in replies)
+    assert written and all(probes for _, probes in written)
+    for rules, probes in written:  # an answer that misses its fact is the rule's, with the rule's question or not
+        spans = {rule.span: rule for rule in rules}
+        for probe in probes:
+            assert probe.span in spans and probe.sentence == spans[probe.span].sentence
+            assert probe.span.lower() in probe.answer.lower() or probe.answer == spans[probe.span].answer
+    assert (replies, written) == (replies_again, written_again)  # greedy: the same probes, written alike
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
