@@ -11,6 +11,7 @@ import torch
 from templora_memory import ConfigError, TempLoraConfig
 from templora_memory import probe_shapes as shapes
 from templora_memory import probes as statements
+from templora_memory.distill import ProbeTeacher
 from templora_memory.probe_writer import ProbeWriter
 from templora_memory.probes import Probe
 
@@ -148,6 +149,25 @@ def test_the_rule_writers_are_the_rules_and_never_touch_the_model():
         written = ProbeWriter(renderer=None, eos_ids=set(), writer=name).write(None, [1, 2], told, count=8, seed=4)
         assert written == rules(told, 8, seed=4) and written
     assert statements.probes_for(told, 8, seed=4) != shapes.probes_for(told, 8, seed=4)  # the question is reported
+
+
+def test_the_teacher_teaches_the_probes_of_the_writer_the_config_names(make_engine):
+    engine = make_engine(probe_questions=8)
+    told = [
+        {"role": "user", "content": "I was born in Oslo. Could you keep my sword for me?"},
+        {"role": "assistant", "content": "The ferry leaves at nine."},
+    ]
+    system = [{"role": "system", "content": "You are the innkeeper."}]
+    context = engine.render_prompt(system, told)
+    for name, rules in (("statements", statements.probes_for), ("shapes", shapes.probes_for)):
+        teacher = ProbeTeacher(engine.renderer, engine.config.model_copy(update={"probe_writer": name}))
+        with engine.bank.active(None) as base:
+            taught = teacher.teach(base, context, told, system, seed=3)
+        asked = [
+            ({"role": "user", "content": p.question}, {"role": "assistant", "content": p.answer})
+            for p in rules(told, 8, 3)
+        ]
+        assert [t.answer for t in taught] == [engine.renderer.reply(system, [q], a)[1] for q, a in asked]
 
 
 class ScriptedWriter(ProbeWriter):
