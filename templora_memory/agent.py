@@ -80,7 +80,8 @@ class AgentSnapshot:
     turns: tuple[Turn, ...]
     """The turns still in reach of a window (older ones live only in the adapter)."""
     fingerprints: tuple[str, ...]
-    """Identity of every turn the agent ever received, oldest first."""
+    """Identity of the newest turns the agent received (at most `FINGERPRINTS_KEPT` and a batch), oldest first;
+    `stats.turns_seen` counts them all."""
     written: tuple[int, ...]
     """The last L_T tokens written: the next chunk's training input."""
     pending: tuple[int, ...]
@@ -162,6 +163,7 @@ class AgentState:
             "agent_id": self.agent_id,
             "turns": [{"message": turn.message, "tokens": list(turn.tokens)} for turn in talk.turns],
             "fingerprints": talk.fingerprints,
+            "turns_seen": talk.seen,
             "written": talk.written,
             "pending": talk.pending,
             "system": talk.system,
@@ -177,6 +179,7 @@ class AgentState:
             system=list(record["system"]),
             turns=turns,
             fingerprints=list(record["fingerprints"]),
+            seen=int(record.get("turns_seen", len(record["fingerprints"]))),  # older records kept every fingerprint
             written=list(record["written"]),
             pending=list(record["pending"]),
             archive=list(record.get("archive", [])),  # records written before hybrid recall have none
@@ -191,7 +194,7 @@ class AgentState:
         """A snapshot of the counters users inspect."""
         return AgentStats(
             agent_id=self.agent_id,
-            turns_seen=len(self.conversation.fingerprints),
+            turns_seen=self.conversation.seen,
             tokens_written=self.tokens_written,
             tokens_pending=len(self.conversation.pending),
             chunks_trained=self.chunks_trained,

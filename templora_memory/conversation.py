@@ -19,6 +19,8 @@ from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.tools import ToolSchema, as_text_turns, supports_tools
 
 ROLES = ("system", "user", "assistant", "tool")
+FINGERPRINTS_KEPT = 2048
+"""Identities of the newest turns a conversation keeps to recognise a resent history (`Conversation.unseen`)."""
 
 
 class ChatRenderer:
@@ -174,20 +176,26 @@ class PromptWindow:
 
 @dataclass
 class Conversation:
-    """An agent's turns in reach of the window, every turn's identity, and its written and pending tokens."""
+    """An agent's turns in reach of the window, the newest turns' identities, and its written and pending tokens."""
 
     system: list[Message] = field(default_factory=list)
     """The last system message(s) received, reused when a call brings none."""
     turns: list[Turn] = field(default_factory=list)
     """Recent turns that may still appear in a window, oldest first."""
     fingerprints: list[str] = field(default_factory=list)
-    """Identity of every turn ever received, oldest first (to never write a turn twice)."""
+    """Identity of the newest turns received (the last `FINGERPRINTS_KEPT`, up to a batch more), oldest first: a
+    resent history is recognised by them, so no turn is written twice."""
+    seen: int = 0
+    """Turns ever received, each counted once (the journal numbers turns by it); at least `len(fingerprints)`."""
     written: list[int] = field(default_factory=list)
     """The last L_T tokens already written: training input for the next chunk."""
     pending: list[int] = field(default_factory=list)
     """Tokens not yet written, oldest first (m in Algorithm 1)."""
     archive: list[Message] = field(default_factory=list)
     """Turns that left every window, kept as text only for hybrid recall (`recall_tokens`), oldest first."""
+
+    def __post_init__(self) -> None:
+        self.seen = max(self.seen, len(self.fingerprints))
 
     @property
     def sizes(self) -> list[int]:
@@ -201,16 +209,28 @@ class Conversation:
 
     def unseen(self, messages: Sequence[Message]) -> list[Message]:
         """The messages not seen before: drop the longest prefix that repeats the end of what was seen."""
-        prints = [fingerprint(m) for m in messages]
-        for overlap in range(min(len(self.fingerprints), len(prints)), 0, -1):
-            if self.fingerprints[-overlap:] == prints[:overlap]:
-                return list(messages[overlap:])
-        return list(messages)
+        return list(messages[self._overlap([fingerprint(m) for m in messages]) :])
+
+    def _overlap(self, prints: Sequence[str]) -> int:
+        """Length of the longest prefix of `prints` that repeats the end of what was seen. Only the kept fingerprints
+        are compared: a longer prefix counts when it ends with all of them (a client resending its whole history)."""
+        kept = self.fingerprints
+        if not kept:
+            return 0
+        for end in range(min(self.seen, len(prints)), 0, -1):
+            if prints[end - 1] != kept[-1]:
+                continue  # cheap first test: the overlap ends with the newest turn seen
+            n = min(end, len(kept))
+            if prints[end - n : end] == kept[-n:]:
+                return end
+        return 0
 
     def append(self, turn: Turn) -> None:
-        """Receive one turn: its tokens join the pending stream."""
+        """Receive one turn: its tokens join the pending stream (and past the bound, the oldest fingerprints go)."""
         self.turns.append(turn)
         self.fingerprints.append(turn.fingerprint)
+        self.seen += 1
+        trimmed(self.fingerprints, FINGERPRINTS_KEPT)
         self.pending.extend(turn.tokens)
 
     def pending_messages(self, n_tokens: int) -> list[Message]:
@@ -250,6 +270,14 @@ class Conversation:
         if archive:
             self.archive.extend(turn.message for turn in self.turns[:start])
         self.turns = self.turns[start:]
+
+
+def trimmed(items: list, kept: int) -> int:
+    """Cut `items` back to its newest `kept` once it holds more than `kept` + `kept` // 4, so the cut (a copy of the
+    list) is paid once per `kept` // 4 additions, not at each; returns how many were cut."""
+    cut = len(items) - kept if len(items) > kept + kept // 4 else 0
+    del items[:cut]
+    return cut
 
 
 def window_start(sizes: Sequence[int], budget: int) -> int:

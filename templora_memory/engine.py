@@ -141,7 +141,7 @@ class MemoryEngine:
             return [turn.message for turn in talk.turns[self._window.start(talk.system, talk.turns) :]]
 
     def unseen(self, agent_id: str, messages: Sequence[Message]) -> list[Message]:
-        """The messages this agent has never received (by content), e.g. turns a framework is about to drop."""
+        """Messages (by content) not among the agent's last FINGERPRINTS_KEPT turns: an older turn reads as unseen."""
         with self._residency.locked(agent_id) as state:
             seen = set(state.conversation.fingerprints)
         return [m for m in messages if fingerprint(m) not in seen]

@@ -227,7 +227,7 @@ class Residency:
         """Make received turns durable before they are kept (replayed after a crash before the next commit)."""
         if self.store is None:
             return
-        seen = len(state.conversation.fingerprints)
+        seen = state.conversation.seen
         for offset, turn in enumerate(turns):
             self.store.journal(store_key(state.agent_id), seen + offset, turn.message)
 
@@ -326,7 +326,7 @@ class Residency:
         elif state.steps:
             raise DamagedAgentError(f"{where} lost the weights of a trained adapter")
         talk = state.conversation
-        backlog = [message for seq, message in stored.journal if seq >= len(talk.fingerprints)]
+        backlog = [message for seq, message in stored.journal if seq >= talk.seen]
         try:
             turns = self.renderer.turns(backlog, talk.last_message)
         except (KeyError, TypeError, ValueError) as exc:
