@@ -37,7 +37,7 @@ from benchmarks.recall_facts import SPLITS
 from benchmarks.recall_report import near_misses, plot, summarize, summarize_general, table
 from benchmarks.recall_scenarios import Scenario, build_scenario, contains_answer
 from templora_memory.config import add_config_options
-from templora_memory.conversation import said_by_assistant, window_start
+from templora_memory.conversation import Conversation, said_by_assistant, window_start
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
@@ -198,7 +198,8 @@ def recalled(engine: MemoryEngine, left: list[dict], window: list[dict], questio
     if not engine.config.recall_tokens:
         return []
     recall, fresh = HybridRecall(engine.renderer, engine.config.recall_tokens), SimpleNamespace(archive_index=None)
-    return [turn.message for turn in recall.turns(left, engine.renderer.turns([*window, question]), fresh)]
+    archived = Conversation(archive=list(left))
+    return [turn.message for turn in recall.turns(archived, engine.renderer.turns([*window, question]), fresh)]
 
 
 def chat_sampling(max_tokens: int, turns: list[Turn]) -> Sampling:

@@ -168,6 +168,7 @@ class AgentState:
             "pending": talk.pending,
             "system": talk.system,
             "archive": talk.archive,
+            "archive_cut": talk.archive_cut,
             "counters": {name: getattr(self, name) for name in _COUNTERS},
         }
 
@@ -183,6 +184,7 @@ class AgentState:
             written=list(record["written"]),
             pending=list(record["pending"]),
             archive=list(record.get("archive", [])),  # records written before hybrid recall have none
+            archive_cut=int(record.get("archive_cut", 0)),
         )
         state = cls(agent_id, conversation=talk)
         for name in _COUNTERS:  # a counter added after the record was written keeps its default

@@ -21,6 +21,8 @@ from templora_memory.tools import ToolSchema, as_text_turns, supports_tools
 ROLES = ("system", "user", "assistant", "tool")
 FINGERPRINTS_KEPT = 2048
 """Identities of the newest turns a conversation keeps to recognise a resent history (`Conversation.unseen`)."""
+ARCHIVE_KEPT = 2048
+"""The most turns that left the window a conversation keeps as text for hybrid recall (the newest ones)."""
 
 
 class ChatRenderer:
@@ -192,7 +194,10 @@ class Conversation:
     pending: list[int] = field(default_factory=list)
     """Tokens not yet written, oldest first (m in Algorithm 1)."""
     archive: list[Message] = field(default_factory=list)
-    """Turns that left every window, kept as text only for hybrid recall (`recall_tokens`), oldest first."""
+    """Turns that left every window, kept as text only for hybrid recall (`recall_tokens`), oldest first: the last
+    `ARCHIVE_KEPT`, up to a batch more."""
+    archive_cut: int = 0
+    """Turns cut from the archive's front so far (hybrid recall indexes the archive anew when it moves)."""
 
     def __post_init__(self) -> None:
         self.seen = max(self.seen, len(self.fingerprints))
@@ -269,6 +274,7 @@ class Conversation:
         start = min(start, self._first_pending_turn())
         if archive:
             self.archive.extend(turn.message for turn in self.turns[:start])
+            self.archive_cut += trimmed(self.archive, ARCHIVE_KEPT)
         self.turns = self.turns[start:]
 
 

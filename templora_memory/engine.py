@@ -299,7 +299,7 @@ class MemoryEngine:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
         talk = state.conversation
         window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
-        turns = [*(self._recall.turns(talk.archive, window, state) if self._recall is not None else []), *window]
+        turns = [*(self._recall.turns(talk, window, state) if self._recall is not None else []), *window]
         return self.renderer.prompt(talk.system, turns, tools), turns
 
     def _respond(

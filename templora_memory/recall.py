@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from templora_memory.conversation import ChatRenderer
+from templora_memory.conversation import ChatRenderer, Conversation
 from templora_memory.message import Message, Turn
 
 TOP_K = 8
@@ -36,7 +36,8 @@ def terms(text: str) -> list[str]:
 class BM25Index:
     """An append-only BM25 index over texts (in order): adding a text costs its own words, a search its query's."""
 
-    def __init__(self, texts: Sequence[str] = ()) -> None:
+    def __init__(self, texts: Sequence[str] = (), cut: int = 0) -> None:
+        self.cut = cut  # turns cut from the archive's front when it was indexed (see `synced`)
         self.postings: dict[str, list[tuple[int, int]]] = {}  # word -> (document, count), in document order
         self.lengths: list[int] = []
         self.total = 0  # words over all documents, kept so a search does not sum the lengths again
@@ -85,12 +86,13 @@ class HybridRecall:
         self.renderer = renderer
         self.budget = budget
 
-    def turns(self, archive: Sequence[Message], window: Sequence[Turn], keeper: Any) -> list[Turn]:
-        """Archived turns matching the window's newest user turn, oldest first, rendered, within the budget.
+    def turns(self, talk: Conversation, window: Sequence[Turn], keeper: Any) -> list[Turn]:
+        """Turns of `talk`'s archive matching the window's newest user turn, oldest first, rendered, in the budget.
 
         `keeper.archive_index` (an agent's state) holds the archive's index between replies, brought up to date
         here."""
-        keeper.archive_index = index = synced(keeper.archive_index, archive)
+        archive = talk.archive
+        keeper.archive_index = index = synced(keeper.archive_index, archive, talk.archive_cut)
         query = next((t.message for t in reversed(window) if t.message["role"] == "user"), None)
         if not archive or query is None:
             return []
@@ -103,12 +105,18 @@ class HybridRecall:
         return self.renderer.turns([archive[i] for i in sorted(chosen)])
 
 
-def synced(index: BM25Index | None, archive: Sequence[Message]) -> BM25Index:
-    """`index` with the archive's new turns added; a new index when there is none or the archive lost its start."""
-    if index is None or len(index) > len(archive) or (len(index) and index.first != _text(archive[0])):
-        return BM25Index([_text(m) for m in archive])
+def synced(index: BM25Index | None, archive: Sequence[Message], cut: int = 0) -> BM25Index:
+    """`index` with the archive's new turns added; a new index when there is none or the archive lost its start:
+    `cut` (turns cut from its front so far) moved, which a bounded archive does once per batch it cuts."""
+    if index is None or index.cut != cut or _lost_start(index, archive):
+        return BM25Index([_text(m) for m in archive], cut)
     index.extend([_text(m) for m in archive[len(index) :]])
     return index
+
+
+def _lost_start(index: BM25Index, archive: Sequence[Message]) -> bool:
+    """The archive no longer starts with the index's first turn (an archive cut with no count given)."""
+    return len(index) > len(archive) or bool(len(index) and index.first != _text(archive[0]))
 
 
 def _text(message: Message) -> str:
