@@ -63,7 +63,9 @@ def test_the_index_ranks_as_bm25s_does():
 
 def test_the_index_grows_with_the_archive_and_is_never_rebuilt_for_a_reply(make_engine, monkeypatch):
     built = []
-    monkeypatch.setattr(BM25Index, "__init__", lambda self, texts=(): built.append(len(texts)) or init(self, texts))
+    monkeypatch.setattr(
+        BM25Index, "__init__", lambda self, texts=(), cut=0: built.append(len(texts)) or init(self, texts, cut)
+    )
     engine = make_engine(recall_tokens=48)
     engine.add_turns("a", [OLD, *_small_talk(16)])
     for turn in range(4):
