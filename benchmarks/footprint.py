@@ -15,6 +15,13 @@ shapes and dtypes, not from the trained values, so it is trained once. For each 
 agents; the apparent size is what a store of that many agents holds), and `--sample` of them (default 200) are
 loaded by the engine one after another (each taken, read, loaded, released): their mean load time is reported. The
 files are in the page cache then, so this is the load time of a warm local disk, not of S3.
+
+`--state-turns 1000,3000,10000` measures only the agent's state file instead (no model loaded, nothing trained): per
+turn count, an agent that received that many turns (the conversation's turns cycled, numbered so each is new) is
+built as the engine keeps it, chunks marked written and the turns that left the window let go of, without and with
+the archive hybrid recall keeps; its committed state.json's bytes and the commit's seconds (record and write, the
+median of `STATE_COMMITS`) are printed. The fingerprints and the archive are bounded, so both stay flat past the
+bound (about 2,000 turns). Tokens are made up (one per 4 characters).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +39,12 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import locomo_data as data
+from templora_memory.agent import AgentState
 from templora_memory.config import TempLoraConfig, config_from_args
+from templora_memory.conversation import window_start
 from templora_memory.engine import MemoryEngine
-from templora_memory.store import CURRENT, store_key
+from templora_memory.message import Turn, fingerprint
+from templora_memory.store import CURRENT, FORMAT_VERSION, STATE, AgentStore, store_key
 
 DEFAULT_DATA = common.LOCOMO_DEV
 AGENT = "footprint"
@@ -44,6 +55,8 @@ STORAGE = {
 """The storage settings measured side by side: the defaults, and the opt-in compact form."""
 MakeEngine = Callable[[Path, dict[str, Any]], MemoryEngine]
 """Builds an engine over the store at a local directory, with a storage's settings."""
+STATE_COMMITS = 5
+"""Commits timed per built state with `--state-turns` (the median is reported)."""
 
 
 def add_parser(subparsers) -> None:
@@ -55,6 +68,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--chunks", type=int, default=4, help="chunks written into the agent (default: 4)")
     parser.add_argument("--agents", type=int, default=10_000, help="agents in the simulated store (default: 10000)")
     parser.add_argument("--sample", type=int, default=200, help="agents loaded from it and timed (default: 200)")
+    parser.add_argument(
+        "--state-turns",
+        default=None,
+        help="comma-separated turn counts: measure only the committed state file of an agent built with that many "
+        "turns (no model, no training), e.g. 1000,3000,10000",
+    )
     parser.set_defaults(run=main)
 
 
@@ -64,6 +83,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     common.set_threads(args)
     config = config_from_args(args)
     messages = [line.message for session in data.lines(data.load(args.data)[0]) for line in session]
+    if args.state_turns:
+        return _state_main(args, config, messages, started)
 
     def make(store: Path, storage: dict[str, Any]) -> MemoryEngine:
         return MemoryEngine(args.model, config.model_copy(update=storage), store=store)
@@ -90,6 +111,77 @@ def run(make: MakeEngine, root: Path, messages: list[dict], chunks: int, agents:
     engine.save(AGENT)  # its weights committed again, in the compact form
     measured["compact"] = _measure(engine, root / "compact", agents, sample)
     return {"model": model, "chunks_written": written, "storage": measured}
+
+
+def _state_main(args: argparse.Namespace, config: TempLoraConfig, messages: list[dict], started: float) -> dict:
+    """`--state-turns`: the state file's bytes and commit seconds per turn count; one table, the JSON beside --out."""
+    counts = [int(n) for n in args.state_turns.split(",")]
+    with tempfile.TemporaryDirectory(prefix="templora-state-") as root:
+        result = {"rows": state_rows(config, messages, counts, Path(root))}
+    result.update(_run_info(config, args, started))
+    print(state_table(result))
+    out = Path(args.out)
+    common.write_json(out.with_name(f"{out.stem}-state{out.suffix}"), result)
+    return result
+
+
+def state_rows(config: TempLoraConfig, messages: list[dict], counts: list[int], root: Path) -> list[dict]:
+    """Per turn count, the committed state of an agent built with that many turns, without and with the archive."""
+    rows = []
+    for turns in counts:
+        row: dict[str, Any] = {"turns": turns}
+        for name, archive in (("plain", False), ("archive", True)):
+            state = built_state(config, messages, turns, archive)
+            row[name] = _committed_state(state, config, root / f"{name}-{turns}")
+        rows.append(row)
+    return rows
+
+
+def built_state(config: TempLoraConfig, messages: list[dict], turns: int, archive: bool) -> AgentState:
+    """An agent that received `turns` turns, kept as the engine keeps them (full chunks marked written, the turns
+    that left the window let go of, into the archive with `archive`), built without a model: its state's size."""
+    state = AgentState(AGENT)
+    talk = state.conversation
+    for i in range(turns):
+        source = messages[i % len(messages)]
+        message = {**source, "content": f"{source['content']} ({i})"}
+        talk.append(Turn(message, _made_up_tokens(message["content"]), fingerprint(message)))
+        while len(talk.pending) >= config.chunk_tokens:
+            talk.mark_written(config.chunk_tokens, config.train_context_tokens)
+        talk.drop_before(window_start(talk.sizes, config.window_tokens), archive=archive)
+    return state
+
+
+def _made_up_tokens(text: str) -> tuple[int, ...]:
+    """One token per 4 characters, with ids spread over a 32K vocabulary (so the record prints them as a real one)."""
+    return tuple(1000 + (7919 * k) % 31000 for k in range(max(1, len(text) // 4)))
+
+
+def _committed_state(state: AgentState, config: TempLoraConfig, folder: Path) -> dict[str, Any]:
+    """Commit `state` (no weights) to a new store `STATE_COMMITS` times: its state file's bytes, the median seconds
+    of a commit (the record built and written, as the engine commits after each write)."""
+    store, key = AgentStore(folder), store_key(AGENT)
+    store.acquire(key)
+    header = {"format_version": FORMAT_VERSION, "model": "none", "config": config.model_dump()}
+    seconds = []
+    for _ in range(STATE_COMMITS):
+        started = time.perf_counter()
+        store.commit(key, {**header, **state.record()}, None)
+        seconds.append(time.perf_counter() - started)
+    store.release(key)
+    return {"bytes": _disk_bytes(folder, AGENT)[STATE], "commit_s": round(statistics.median(seconds), 4)}
+
+
+def state_table(result: dict[str, Any]) -> str:
+    """The state file's bytes and a commit's seconds per turn count, without and with the archive, as text."""
+    lines = [f"{'turns':>8}{'state.json bytes':>18}{'commit s':>10}{'with archive: bytes':>22}{'commit s':>10}"]
+    for row in result["rows"]:
+        plain, archive = row["plain"], row["archive"]
+        lines.append(
+            f"{row['turns']:>8,}{plain['bytes']:>18,}{plain['commit_s']:>10.4f}"
+            f"{archive['bytes']:>22,}{archive['commit_s']:>10.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _measure(engine: MemoryEngine, store: Path, agents: int, sample: int) -> dict[str, Any]:

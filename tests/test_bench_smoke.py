@@ -347,6 +347,24 @@ def test_footprint_measures_the_default_and_the_compact_storage_side_by_side(mak
     assert "store of 12 agents" in text and "compact: adapter_dtype=bf16, store_optimizer=False" in text
 
 
+def test_footprint_state_turns_measures_the_state_file_without_a_model(locomo_file, tmp_path, capsys):
+    from benchmarks import footprint
+
+    args = benchmarks.build_parser().parse_args(
+        ["footprint", "--state-turns", "40,400", "--data", str(locomo_file), "--out", str(tmp_path / "f.json"),
+         "--chunk-tokens", "32", "--train-context-tokens", "32", "--window-tokens", "96"]
+    )  # fmt: skip
+    result = footprint.main(args)
+    small, large = result["rows"]
+    assert (small["turns"], large["turns"]) == (40, 400)
+    for row in result["rows"]:
+        assert row["archive"]["bytes"] > row["plain"]["bytes"] > 0 and row["plain"]["commit_s"] > 0
+    assert large["archive"]["bytes"] > small["archive"]["bytes"]  # below the bound the archive grows with the turns
+    assert "with archive: bytes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "f-state.json").read_text())["rows"] == result["rows"]
+    assert not (tmp_path / "f.json").exists()  # the full footprint run's results are left alone
+
+
 def test_device_benchmark_measures_training_against_generation_on_the_cpu(tmp_path, capsys):
     from benchmarks import device
 
