@@ -3,7 +3,8 @@
 The adapter carries what left the prompt in its weights; retrieval puts the best-matching old turns back as
 text, in a budget of `recall_tokens` on top of the window (parametric + retrieval beat either alone in the
 studies summarised in README, "Memory that answers"). The index grows with the archive, one turn at a time, and
-is never rebuilt for a reply: BM25 as Lucene scores it (k1 1.5, b 0.75), bm25s's tokens and English stopwords.
+is rebuilt only when the bounded archive cuts its oldest turns (once per batch: `conversation.ARCHIVE_KEPT`): BM25
+as Lucene scores it (k1 1.5, b 0.75), bm25s's tokens and English stopwords.
 """
 
 from __future__ import annotations
