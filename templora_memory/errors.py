@@ -54,4 +54,5 @@ class LeaseLostError(StoreError):
 class ReplyCutOffError(InvalidInputError):
     """`max_tokens` ended a reply inside a tool call or a JSON value, which would otherwise come back incomplete."""
 
-    param = "max_tokens"
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="max_tokens")

@@ -105,7 +105,7 @@ def test_http_call_at_max_tokens_32(tool_memory, play, start_server):
     assert ok["choices"][0]["finish_reason"] == "tool_calls"
     assert json.loads(ok["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) == {"a": 2, "b": 3}
     cut = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 4}, headers=headers, timeout=60)
-    assert cut.status_code == 400 and cut.json()["error"]["param"] == "max_tokens"
+    assert cut.status_code == 400 and cut.json()["error"]["param"] == "max_tokens", cut.text
     assert "max_tokens=4 cut the call of 'add' off" in cut.json()["error"]["message"]
     streamed = httpx.post(  # the call is held back, so the error comes before any event is sent
         f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 4, "stream": True}, headers=headers, timeout=60
