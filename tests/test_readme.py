@@ -88,6 +88,7 @@ def check_store(ns: dict, engine: MemoryEngine, out: str) -> None:
     store = ns["memory"].engine
     assert store.exists("npc-7") and store.exists("npc-7-copy")
     assert store.stats("npc-7-copy").turns_seen == store.stats("npc-7").turns_seen == 2
+    assert "turns_seen=2" in _last_printed(out)
 
 
 def check_tools(ns: dict, engine: MemoryEngine, out: str) -> None:
@@ -149,7 +150,7 @@ def shared_engine(real_engine, monkeypatch, request, make_engine, tmp_path):
     monkeypatch.setattr(chat_model_module, "MemoryEngine", engine_factory)
     monkeypatch.setattr(llms, "MemoryEngine", engine_factory)
     before = set(real_engine.agent_ids())
-    yield real_engine, built
+    yield real_engine, built, borrowed
     for engine, known in [(real_engine, before), *borrowed]:
         for agent_id in set(engine.agent_ids()) - known:
             engine.forget(agent_id)
@@ -157,7 +158,7 @@ def shared_engine(real_engine, monkeypatch, request, make_engine, tmp_path):
 
 @pytest.mark.parametrize(("heading", "index"), CASES, ids=[f"{h.split()[-1]}-{i}" for h, i in CASES])
 def test_readme_snippet_runs(heading, index, shared_engine, capsys):
-    engine, built = shared_engine
+    engine, built, borrowed = shared_engine
     snippets = readme_snippets(heading)
     assert index < len(snippets), f"README section {heading!r} lost snippet {index}"
     before = set(engine.agent_ids())
@@ -165,9 +166,11 @@ def test_readme_snippet_runs(heading, index, shared_engine, capsys):
     exec(compile(snippets[index], f"README.md[{heading} #{index}]", "exec"), namespace)
     out = capsys.readouterr().out
     assert built, "the snippet built no model"
+    memory = namespace.get("llm") or namespace.get("memory")
+    used = getattr(memory, "engine", engine)  # the wide-window engine for a default window (see shared_engine)
+    before = next((known for other, known in borrowed if other is used), before)  # its agents before the snippet
     if heading not in QUIET:
-        memory = namespace.get("llm") or namespace.get("memory")
-        touched = set(memory.engine.agent_ids()) - before if memory is not None else set()
+        touched = set(used.agent_ids()) - before if memory is not None else set()
         assert touched or heading == "Use", "the snippet wrote into no agent's memory"  # "Use" forgets its agent
         assert out.strip(), "the snippet printed nothing"
-    SNIPPETS[heading][index](namespace, engine, out)
+    SNIPPETS[heading][index](namespace, used, out)
