@@ -83,7 +83,12 @@ async def _events(
 
 def agent_of(request: Request, user: str | None) -> str:
     """The agent a request names: the `X-Agent-Id` header (percent-decoded), else the `user` field."""
-    header = request.headers.get("x-agent-id")
+    return named_agent(request.headers.get("x-agent-id"), user)
+
+
+def named_agent(header: str | None, user: str | None) -> str:
+    """The agent named by an `X-Agent-Id` header value (percent-encoded UTF-8), else by the `user` field; a 400
+    saying why when neither names a valid one (the one reading of agent ids, also for Ray's router)."""
     param = "X-Agent-Id" if header is not None else "user"
     try:
         agent_id = unquote(header, errors="strict") if header is not None else user

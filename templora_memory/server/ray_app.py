@@ -25,18 +25,17 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from templora_memory.agent import check_agent_id
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
-from templora_memory.errors import AgentBusyError, InvalidInputError
+from templora_memory.errors import AgentBusyError
 from templora_memory.server.app import ServerSettings, create_app
-from templora_memory.server.http_errors import from_library
+from templora_memory.server.chat import named_agent
+from templora_memory.server.http_errors import ApiError, from_library
 from templora_memory.store import AgentStore, store_key
 
 try:
@@ -195,20 +194,15 @@ def agent_of(call: dict[str, Any]) -> str | None:
     """The agent a request names, as the server reads it; None for requests about no agent or a bad id (the
     replica's app answers those)."""
     headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in call["headers"]}
-    parts = call["path"].split("/")
-    if "x-agent-id" in headers:
-        candidate = unquote(headers["x-agent-id"])
-    elif parts[1:3] == ["v1", "agents"] and len(parts) > 3:
-        candidate = unquote(call["raw_path"].decode().split("/")[3])
-    elif call["path"] in ("/v1/chat/completions", "/v1/completions"):
-        candidate = _body_user(call["body"])
-    else:
+    header, parts = headers.get("x-agent-id"), call["path"].split("/")
+    if header is None and parts[1:3] == ["v1", "agents"] and len(parts) > 3:
+        header = call["raw_path"].decode().split("/")[3]  # the path's id, percent-encoded like the header
+    elif header is None and call["path"] not in ("/v1/chat/completions", "/v1/completions"):
         return None
     try:
-        check_agent_id(candidate)
-    except InvalidInputError:
+        return named_agent(header, _body_user(call["body"]) if header is None else None)
+    except ApiError:
         return None
-    return candidate
 
 
 def _body_user(body: bytes) -> str | None:
