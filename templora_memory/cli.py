@@ -151,7 +151,6 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--gpus-per-replica", type=float, default=0.0, help="GPUs Ray gives each replica with --ray (default: 0)"
     )
-    serve.set_defaults(**_serve_environment())
     serve.epilog = "Each option also reads $TEMPLORA_<OPTION> (TEMPLORA_PORT=9000; --cors-origin: commas)."
     add_config_options(serve)
 
@@ -192,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command, runner in ((chat, _chat), (serve, _serve), (demo, _demo)):
         command.add_argument("--threads", type=int, default=None, help="CPU threads torch uses (default: all cores)")
         command.set_defaults(run=runner, parser=command)
+    serve.set_defaults(**_serve_environment())  # after every option exists, --threads included
     return parser
 
 

@@ -45,8 +45,9 @@ def test_serve_options_come_from_the_environment_and_the_command_line_wins(monke
     monkeypatch.setenv("TEMPLORA_SYNC_WRITE_TOKENS", "512")
     monkeypatch.setenv("TEMPLORA_CORS_ORIGIN", "https://a.example, https://b.example")
     monkeypatch.setenv("TEMPLORA_WINDOW_TOKENS", "2048")  # a config field, read by pydantic-settings as before
+    monkeypatch.setenv("TEMPLORA_THREADS", "1")
     args = cli.build_parser().parse_args(["serve", "--port", "9000"])
-    assert (args.port, args.store, args.sync_write_tokens) == (9000, "s3://npcs/prod", 512)
+    assert (args.port, args.store, args.sync_write_tokens, args.threads) == (9000, "s3://npcs/prod", 512, 1)
     assert args.cors_origin == ["https://a.example", "https://b.example"] and args.host == "127.0.0.1"
     assert cli.config_from_args(args).window_tokens == 2048
     monkeypatch.setenv("TEMPLORA_MAX_QUEUE", "many")
