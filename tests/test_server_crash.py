@@ -76,11 +76,12 @@ def test_sigkill_during_a_write_loses_no_committed_turn(model_dir, tmp_path):
             reply = pool.submit(first.say, line)
             while not reply.done() and not marker.exists():
                 time.sleep(0.05)
-            if marker.exists():  # this request's write is training its first chunk: kill the server now
+            if reply.done():  # answered, so committed (the marker may already be its own background write's)
+                committed += [{"role": "user", "content": line}, {"role": "assistant", "content": reply.result()}]
+            if marker.exists():  # a write is training its first chunk: kill the server now
                 first.process.send_signal(signal.SIGKILL)
                 first.process.wait()
                 break
-            committed += [{"role": "user", "content": line}, {"role": "assistant", "content": reply.result()}]
     assert marker.exists() and committed, "no write reached training"
 
     second = ServerProcess(model_dir, store)
