@@ -19,7 +19,9 @@ reported (`benchmarks.recall_facts`: no kind, value, wording or telling template
 
 Scores (`benchmarks.recall_report`): the greedy reply contains the answer (normalised exact match), with 95 %
 bootstrap intervals and as a share of the ceiling's hits on the same questions; the answer's NLL after a
-neutral answer prefix ("Your daughter's name is"); gap closed = (window NLL − NLL) / (window NLL − in-context
+neutral answer prefix ("Your daughter's name is") and, lowest, after any of the greedy reply's first words
+(the reply's own opening: when that is much higher, the reply took an opening that leads away from the fact; when
+it is close, the model prefers another value there); gap closed = (window NLL − NLL) / (window NLL − in-context
 NLL), over the questions the ceiling answers; and general ability (`benchmarks.general_checks`, kinds the
 recipe's anchors never ask) with and without the adapter, as a paired difference.
 """
@@ -47,6 +49,8 @@ from templora_memory.recall import HybridRecall, bm25_top
 CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
 DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32, recall_tokens=128)
 """The issue's setting: a small window so that 16 chunks of small talk stay cheap to write on a CPU."""
+ALONG_WORDS = 12
+"""Reply words after which the answer's NLL is read (`along_reply`): the opening a reply takes before its value."""
 
 
 def add_parser(subparsers) -> None:
@@ -162,6 +166,7 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
             cache = caches.setdefault(condition, PromptCache())
             sampling = chat_sampling(options.answer_tokens, turns)
             reply, nll = answer(engine, agents.get(condition), prompt, fact, sampling, cache)
+            along = along_reply(engine, agents.get(condition), prompt, reply, fact.value, cache)
             records.append(
                 {
                     "scenario": scenario.name,
@@ -175,6 +180,8 @@ def ask(engine: MemoryEngine, scenario: Scenario, control: str | None, condition
                     "reply": reply,
                     "exact": contains_answer(reply, fact.value),
                     "nll": round(nll, 4),
+                    "reply_nll": along["nll"],
+                    "reply_opening": along["opening"],
                 }
             )
     return records
@@ -215,6 +222,21 @@ def answer(
     nll = common.mean_nll(engine.log_likelihood(agent, start, engine.encode(" " + fact.value), cache=cache))
     reply = "".join(engine.stream_completion(agent, prompt, sampling, cache=cache)).strip()
     return reply, nll
+
+
+def along_reply(engine, agent: str | None, prompt: list[int], reply: str, value: str, cache: PromptCache) -> dict:
+    """The answer's lowest mean NLL right after any of the reply's first `ALONG_WORDS` words, and those words: how
+    close the reply's own path came to saying the fact (against the neutral prefix's NLL, whether a miss is the
+    opening the reply took or the value it prefers there)."""
+    words = reply.split()[:ALONG_WORDS]
+    best = {"nll": float("inf"), "opening": ""}
+    for count in range(len(words) + 1):
+        opening = " ".join(words[:count])
+        said = engine.encode(" " + value if count else value[:1].upper() + value[1:])
+        nll = common.mean_nll(engine.log_likelihood(agent, prompt + engine.encode(opening), said, cache=cache))
+        if nll < best["nll"]:
+            best = {"nll": round(nll, 4), "opening": opening}
+    return best
 
 
 def _general_questions(index: int, options) -> list[tuple[str, tuple[str, ...]]]:

@@ -10,6 +10,8 @@ from typing import Any
 from benchmarks import common
 
 CEILING, FLOOR = "in_context", "window"
+OPENING_GAP = 1.0
+"""Nats per answer token by which a reply's own opening must trail the neutral prefix to count as leading away."""
 
 
 def summarize(records: list[dict], conditions, distances: list[int]) -> dict[str, Any]:
@@ -39,9 +41,21 @@ def _cell(rows: list[dict], by_key: dict) -> dict[str, Any]:
         "of_ceiling": _share(pairs),
         "of_ceiling_ci95": common.bootstrap_ci(pairs, _share),
         "nll": round(statistics.fmean(r["nll"] for r in rows), 3),
+        "reply_nll": round(statistics.fmean(r["reply_nll"] for r in rows), 3),
+        "misses": miss_causes(rows),
         "gap_closed_median": round(statistics.median(gaps), 3) if gaps else None,
         "gap_questions": len(gaps),
     }
+
+
+def miss_causes(rows: list[dict]) -> dict[str, int]:
+    """Wrong replies split by why (`benchmarks.recall.along_reply`): "opening", the answer is more than
+    `OPENING_GAP` nats per token less likely after the reply's own words than after the neutral prefix (the reply
+    took an opening that leads away from it); "value", it is about as likely there (the model prefers another
+    value where the fact would go)."""
+    misses = [r for r in rows if not r["exact"]]
+    opening = sum(r["reply_nll"] - r["nll"] > OPENING_GAP for r in misses)
+    return {"misses": len(misses), "opening": opening, "value": len(misses) - opening}
 
 
 def _share(pairs) -> float | None:
@@ -79,16 +93,16 @@ def near_misses(records: list[dict], condition: str = "adapter", most: int = 8) 
     """The condition's wrong replies whose answer NLL is lowest: where the fact was likely after the answer's
     opening but the reply did not take that opening (what to read when replies miss facts the adapter holds)."""
     misses = sorted((r for r in records if r["condition"] == condition and not r["exact"]), key=lambda r: r["nll"])
-    return [{k: r[k] for k in ("question", "answer", "nll", "reply")} for r in misses[:most]]
+    return [{k: r[k] for k in ("question", "answer", "nll", "reply_nll", "reply")} for r in misses[:most]]
 
 
 def table(result: dict[str, Any]) -> str:
     """Hits, share of the ceiling, NLL and gap closed per condition and distance, then general ability and cost."""
     lines = [
         f"split: {result['split']}",
-        "| condition | chunks back | exact hits [95 % CI] | of ceiling's hits [95 % CI] | answer NLL | gap closed "
-        "(median, ceiling answers) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| condition | chunks back | exact hits [95 % CI] | of ceiling's hits [95 % CI] | answer NLL | answer NLL "
+        "along the reply | misses: opening / value | gap closed (median, ceiling answers) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for condition, by_distance in result["conditions"].items():
         for distance, row in by_distance.items():
@@ -96,6 +110,7 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {condition} | {distance} | {row['hits']}/{row['questions']} {_interval(row['exact_ci95'])} "
                 f"| {_percent(row['of_ceiling'])} {_interval(row['of_ceiling_ci95'])} | {row['nll']:.3f} "
+                f"| {row['reply_nll']:.3f} | {row['misses']['opening']} / {row['misses']['value']} "
                 f"| {gap} ({row['gap_questions']} q) |"
             )
     general = result["general"]
@@ -104,8 +119,11 @@ def table(result: dict[str, Any]) -> str:
         f"adapter {general['adapter']}/{general['questions']}, difference {general['difference_points']} points "
         f"{_interval(general['difference_ci95'], scale=1)}"
     )
-    lines.append("\nadapter misses with the lowest answer NLL (question → reply):")
-    lines += [f"  {m['nll']:.2f} {m['question']} [{m['answer']}] → {m['reply'][:70]!r}" for m in result["near_misses"]]
+    lines.append("\nadapter misses with the lowest answer NLL (NLL, along the reply; question → reply):")
+    lines += [
+        f"  {m['nll']:.2f}, {m['reply_nll']:.2f} {m['question']} [{m['answer']}] → {m['reply'][:70]!r}"
+        for m in result["near_misses"]
+    ]
     writing = result["writing"]
     lines.append(f"writing: {writing['train_s_per_1k']} s per 1K tokens ({writing['tokens_written']} tokens)")
     return "\n".join(lines)

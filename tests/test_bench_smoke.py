@@ -299,6 +299,9 @@ def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(mak
     window = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "window"}
     full = {r["question"]: r["prompt_tokens"] for r in rows if r["condition"] == "in_context"}
     assert all(full[q] > window[q] for q in window)  # the facts left the window; the ceiling still reads them
+    for row in rows:  # the answer is read after the reply's own first words too, where it is likeliest
+        opening = row["reply_opening"].split()
+        assert row["reply"].split()[: len(opening)] == opening and 0 <= row["reply_nll"] < float("inf")
     stats = engine.stats("recall-scenario-0")
     scenario = build_scenario(0, 0, [1, 2], 32, 96, lambda m: sum(engine.turn_tokens(m)), "tuning")
     assert stats.turns_seen == len(scenario.messages)

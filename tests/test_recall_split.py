@@ -6,7 +6,7 @@ import re
 
 from benchmarks.general_checks import GENERAL, GENERAL_TUNING
 from benchmarks.recall_facts import REPORT, TUNING
-from benchmarks.recall_report import summarize, summarize_general
+from benchmarks.recall_report import OPENING_GAP, miss_causes, summarize, summarize_general
 from benchmarks.recall_scenarios import build_scenario, normalise
 from templora_memory.probes import ANCHORS
 
@@ -75,7 +75,9 @@ def test_the_tuning_general_set_asks_nothing_the_report_set_asks_or_accepts():
 
 def test_gap_closed_counts_only_questions_the_ceiling_answers_and_intervals_bracket_the_rate():
     def row(question, condition, exact, nll):
-        return dict(scenario="s", question=question, condition=condition, chunks_back=1, exact=exact, nll=nll)
+        return dict(
+            scenario="s", question=question, condition=condition, chunks_back=1, exact=exact, nll=nll, reply_nll=nll
+        )
 
     records = [row("q1", "in_context", True, 1.0), row("q1", "window", False, 5.0), row("q1", "adapter", True, 2.0)]
     records += [row("q2", "in_context", False, 1.0), row("q2", "window", False, 5.0), row("q2", "adapter", False, 9)]
@@ -94,3 +96,11 @@ def test_gap_closed_counts_only_questions_the_ceiling_answers_and_intervals_brac
 def test_no_general_question_names_a_fact_the_benchmark_tells():
     told = {v.lower() for k in (*TUNING, *REPORT) for row in k.values for v in row}
     assert not any(re.search(rf"\b{re.escape(v)}\b", q.lower()) for q, _ in (*GENERAL, *GENERAL_TUNING) for v in told)
+
+
+def test_a_miss_is_blamed_on_the_opening_only_when_the_reply_s_words_make_the_answer_much_less_likely():
+    def miss(nll, reply_nll):
+        return dict(exact=False, nll=nll, reply_nll=reply_nll)
+
+    rows = [miss(2.0, 2.0 + OPENING_GAP + 0.5), miss(2.0, 2.2), miss(3.0, 1.0), dict(exact=True, nll=1, reply_nll=9)]
+    assert miss_causes(rows) == {"misses": 3, "opening": 1, "value": 2}
