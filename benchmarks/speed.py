@@ -28,7 +28,7 @@ from benchmarks import common
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
-from templora_memory.kv_cache import PromptCache, growing_cache
+from templora_memory.kv_cache import PromptCache, common_prefix, growing_cache
 from templora_memory.loading import default_gguf_path, load_model
 
 DEFAULT_DATA = str(common.SHARED_DATA / "pg19")
@@ -311,10 +311,6 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _common_prefix(a: str, b: str) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
 def table(result: dict[str, Any]) -> str:
     """The printed summary: speed per row and window, cache reuse, write cost, quality and memory per lever."""
     windows = sorted({w for row in result["speed"].values() for w in row if w != "skipped"}, key=int)
@@ -340,7 +336,7 @@ def table(result: dict[str, Any]) -> str:
     reference = result["speed"].get("engine adapter, fp32", {})
     for name, quality in result["quality"].items():
         texts = [(result["speed"][f"engine {name}"][w]["text"], reference.get(w, {}).get("text", "")) for w in windows]
-        same = ", ".join(f"{_common_prefix(a, b)}/{len(b)}" for a, b in texts)
+        same = ", ".join(f"{common_prefix(a, b)}/{len(b)}" for a, b in texts)
         lines.append(f"quality [{name}]: PG19 ppl {quality['ppl']}, reply characters equal to the fp32 lever's: {same}")
     for lever, memory in result.get("memory", {}).items():
         lines.append(f"memory [{lever}]: " + ", ".join(f"{k} {v}" for k, v in memory.items()))

@@ -127,7 +127,7 @@ class PromptCache:
         At least the prompt's last token is returned, since its logits start the reply.
         """
         prompt = list(prompt)
-        shared = _common_prefix(self.ids, prompt, limit=len(prompt) - 1)
+        shared = common_prefix(self.ids, prompt, limit=len(prompt) - 1)
         if self.shift is not None and SINK_TOKENS <= shared < len(self.ids):
             resume, reused = self._resume(prompt, shared)
             if reused:
@@ -176,7 +176,7 @@ class PromptCache:
         best = (0, 0)
         for start in range(shared + 1, len(self.ids)):
             if self.ids[start] == wanted[0]:
-                length = _common_prefix(self.ids[start:], wanted, limit=len(wanted))
+                length = common_prefix(self.ids[start:], wanted, limit=len(wanted))
                 if length > best[1]:
                     best = (start, length)
         start, length = best
@@ -203,9 +203,9 @@ class PromptCache:
         self.ids = self.ids[:length]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """Length of the longest common prefix of `a` and `b`, at most `limit`."""
-    n = min(len(a), len(b), max(limit, 0))
+def common_prefix(a: Sequence, b: Sequence, limit: int | None = None) -> int:
+    """Length of the longest common prefix of `a` and `b` (token ids or text), at most `limit`."""
+    n = min(len(a), len(b), max(limit, 0) if limit is not None else len(a))
     for i in range(n):
         if a[i] != b[i]:
             return i

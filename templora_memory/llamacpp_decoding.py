@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from templora_memory.adapters import AdapterBank
 from templora_memory.errors import ConfigError
 from templora_memory.gguf_lora import write_gguf_lora
+from templora_memory.kv_cache import common_prefix
 from templora_memory.loading import DEFAULT_MODEL_NAME, default_gguf_path
 
 EXTRA_HINT = "pip install 'templora-memory[llamacpp]' (llama-cpp-python, which builds llama.cpp from source)"
@@ -131,7 +132,7 @@ class LlamaCppDecoder:
 
     def start(self, prompt: list[int], adapter: object) -> torch.Tensor:
         """Run `prompt`, reusing the states of its longest prefix the context holds if computed with `adapter`."""
-        keep = _common_prefix(self._held, prompt) if adapter == self._held_with else 0
+        keep = common_prefix(self._held, prompt) if adapter == self._held_with else 0
         keep = min(keep, len(prompt) - 1)  # at least one token runs, for its logits
         self.llama.n_tokens = keep  # eval drops the states from here on
         del self._held[keep:]
@@ -174,13 +175,3 @@ def _check_vocab(llama, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> 
             f"the GGUF file's vocabulary ({llama.n_vocab()} tokens) does not match the loaded tokenizer's "
             f"({vocab_size}); decode_backend='llama.cpp' needs the model loaded from that same GGUF file"
         )
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """How many leading ids `a` and `b` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
