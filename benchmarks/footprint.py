@@ -41,10 +41,10 @@ from benchmarks import common
 from benchmarks import locomo_data as data
 from templora_memory.agent import AgentState
 from templora_memory.config import TempLoraConfig, config_from_args
-from templora_memory.conversation import window_start
 from templora_memory.engine import MemoryEngine
 from templora_memory.message import Turn, fingerprint
 from templora_memory.store import CURRENT, FORMAT_VERSION, STATE, AgentStore, store_key
+from templora_memory.window import window_start
 
 DEFAULT_DATA = common.LOCOMO_DEV
 AGENT = "footprint"

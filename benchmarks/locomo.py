@@ -19,13 +19,13 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks import locomo_data as data
-from templora_memory.conversation import window_start
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message
 from templora_memory.recall import bm25_top
 from templora_memory.replies import ReplyStream
+from templora_memory.window import window_start
 
 DEFAULT_DATA = common.LOCOMO_DEV
 CONDITIONS = ("window", "adapter", "control", "retrieval", "adapter_retrieval", "full")

@@ -39,12 +39,13 @@ from benchmarks.recall_facts import SPLITS
 from benchmarks.recall_report import near_misses, plot, summarize, summarize_general, table
 from benchmarks.recall_scenarios import Scenario, build_scenario, contains_answer
 from templora_memory.config import add_config_options
-from templora_memory.conversation import Conversation, said_by_assistant, window_start
+from templora_memory.conversation import Conversation
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.kv_cache import PromptCache
-from templora_memory.message import Turn
+from templora_memory.message import Turn, said_by_assistant
 from templora_memory.recall import HybridRecall, bm25_top
+from templora_memory.window import window_start
 
 CONDITIONS = ("in_context", "window", "adapter", "control", "retrieval", "adapter_retrieval", "window_recall", "hybrid")
 DEFAULTS = dict(window_tokens=256, chunk_tokens=128, train_context_tokens=128, max_new_tokens=32, recall_tokens=128)

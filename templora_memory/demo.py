@@ -6,8 +6,8 @@ import math
 
 from templora_memory.chat_model import ParametricMemory
 from templora_memory.config import DEMO_CONFIG, TempLoraConfig
-from templora_memory.conversation import said_by_assistant
 from templora_memory.generation import Sampling
+from templora_memory.message import said_by_assistant
 
 AGENT = "bram-the-innkeeper"
 SYSTEM = "You are Bram, the innkeeper of the Crooked Lantern inn. Answer the traveller briefly and in character."

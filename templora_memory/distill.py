@@ -21,11 +21,11 @@ from transformers import Cache
 
 from templora_memory import precision
 from templora_memory.config import TempLoraConfig
-from templora_memory.conversation import ChatRenderer
 from templora_memory.devices import model_device
 from templora_memory.message import Message
 from templora_memory.probe_writer import ProbeWriter
 from templora_memory.probes import ANCHORS
+from templora_memory.rendering import ChatRenderer
 from templora_memory.trainer import DistillBatch, padded_batch, scored_logits
 
 TOP_K = 32

@@ -6,10 +6,10 @@ agent's own LoRA with the L_T tokens before it as unscored input (Algorithm 1). 
 the system message plus the newest turns that fit in L_X (`window_tokens`); a turn is never
 dropped from the prompt before it has been written.
 
-The engine is a facade over one module per job: `conversation` (turns and the window), `writing`
-(chunk updates, cascaded or parallel), `residency` (RAM, locks, the store), `generation` and
-`replies`. Reads (`window`, `prompt_ids`, `stats`, `log_likelihood`, `stream_completion`) change
-no memory; writes (`add_turns`, `respond`, `absorb`) train and commit.
+The engine is a facade over one module per job: `conversation` (turns and token streams), `rendering`
+(the chat template), `window` (L_X), `writing` (chunk updates, cascaded or parallel), `residency` (RAM, locks,
+the store), `generation` and `replies`. Reads (`window`, `prompt_ids`, `stats`, `log_likelihood`,
+`stream_completion`) change no memory; writes (`add_turns`, `respond`, `absorb`) train and commit.
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.budget import budgeted, check_complete, markup_tokens
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
-from templora_memory.conversation import (
-    ChatRenderer,
-    PromptWindow,
-    check_messages,
-    said_by_assistant,
-    split_system,
-    window_start,
-)
 from templora_memory.decoding import decoder_for
 from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
@@ -43,14 +35,16 @@ from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
-from templora_memory.message import Message, Turn, fingerprint
+from templora_memory.message import Message, Turn, check_messages, fingerprint, said_by_assistant, split_system
 from templora_memory.offer import ToolOffer
 from templora_memory.recall import HybridRecall
+from templora_memory.rendering import ChatRenderer
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
 from templora_memory.store import AgentStore, open_store
 from templora_memory.synthetic import QuestionWriter
 from templora_memory.tools import ToolSchema
+from templora_memory.window import PromptWindow
 from templora_memory.writing import ChunkWriter, ParallelWriter, Teachers
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase, str]
@@ -82,7 +76,7 @@ class MemoryEngine:
         self.renderer = ChatRenderer(self.tokenizer)
         self.grammars = GrammarCache(self.tokenizer)
         self.eos_ids = _eos_ids(self.tokenizer, base)
-        self._window = PromptWindow(self.renderer, self.config.window_tokens)
+        self._window = PromptWindow(self.renderer, self.config.window_tokens, archive=self.config.recall_tokens > 0)
         self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
         self.store = open_store(store, spill=max_resident is not None)  # a temporary one holds evicted agents
@@ -137,8 +131,7 @@ class MemoryEngine:
         """The turns the agent's next prompt would hold (sized next to its system message, which is not returned)."""
         self._residency.require(agent_id)
         with self._residency.locked(agent_id) as state:
-            talk = state.conversation
-            return [turn.message for turn in talk.turns[self._window.start(talk.system, talk.turns) :]]
+            return [turn.message for turn in self._window.turns(state.conversation)]
 
     def unseen(self, agent_id: str, messages: Sequence[Message]) -> list[Message]:
         """Messages (by content) not among the agent's last FINGERPRINTS_KEPT turns: an older turn reads as unseen."""
@@ -176,7 +169,10 @@ class MemoryEngine:
         """Append the turns not seen before and write every full chunk; returns the new turns."""
         check_messages(messages)
         with self._residency.writing(agent_id) as state:
-            return self._receive(state, messages)
+            new = self._receive(state, messages)
+            self._writer.write_due(state)
+            self._window.let_go(state.conversation)
+            return new
 
     def absorb(self, agent_id: str, text: str, progress: bool = True) -> AgentStats:
         """Pre-train the agent's adapter on a long text before (or between) turns (Algorithm 1, lines 1–3)."""
@@ -250,7 +246,7 @@ class MemoryEngine:
     def prompt_ids(self, agent_id: str) -> list[int]:
         """The prompt the agent's next reply would be generated from (its window, no new turn)."""
         with self._residency.locked(agent_id) as state:
-            return self._prompt(state)[0]
+            return self._prompt(state, self._window.turns(state.conversation))[0]
 
     # ----- text ---------------------------------------------------------------------------
 
@@ -275,7 +271,7 @@ class MemoryEngine:
     # ----- internals ----------------------------------------------------------------------
 
     def _receive(self, state: AgentState, messages: Sequence[Message]) -> list[Message]:
-        """Keep the unseen turns (journaled first, every one checked before any is kept); write each full chunk."""
+        """Keep the unseen turns (journaled first, every one checked before any is kept); the caller writes them."""
         talk = state.conversation
         system, turns = split_system(messages)
         talk.system = system or talk.system
@@ -284,23 +280,21 @@ class MemoryEngine:
         self._residency.journal(state, rendered)
         for turn in rendered:
             talk.append(turn)
-        self._writer.write_due(state)
         return new
 
-    def _make_room(self, state: AgentState, tools: list[ToolSchema] | None = None) -> None:
-        """Before a prompt is built: write the pending tokens the window (sized with `tools`) no longer holds, then
-        let go of the text of turns that no window can hold any more."""
-        talk = state.conversation
-        start = self._window.start(talk.system, talk.turns, tools)
-        self._writer.write(state, in_window=sum(len(turn.tokens) for turn in talk.turns[start:]))
-        talk.drop_before(window_start(talk.sizes, self.config.window_tokens), archive=self.config.recall_tokens > 0)
+    def _make_room(self, state: AgentState, tools: list[ToolSchema] | None = None) -> list[Turn]:
+        """Write what is due and what the window (sized with `tools`) lost, let go of old turns; returns the window."""
+        window = self._window.turns(state.conversation, tools)
+        self._writer.write(state, in_window=sum(len(turn.tokens) for turn in window))
+        self._window.let_go(state.conversation)
+        return window
 
-    def _prompt(self, state: AgentState, tools: list[ToolSchema] | None = None) -> tuple[list[int], list[Turn]]:
+    def _prompt(
+        self, state: AgentState, window: list[Turn], tools: list[ToolSchema] | None = None
+    ) -> tuple[list[int], list[Turn]]:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
-        talk = state.conversation
-        window = talk.turns[self._window.start(talk.system, talk.turns, tools) :]
-        turns = [*(self._recall.turns(talk, window, state) if self._recall is not None else []), *window]
-        return self.renderer.prompt(talk.system, turns, tools), turns
+        turns = [*(self._recall.turns(state.conversation, window, state) if self._recall else []), *window]
+        return self.renderer.prompt(state.conversation.system, turns, tools), turns
 
     def _respond(
         self,
@@ -314,10 +308,10 @@ class MemoryEngine:
         """The reply as `respond` streams it: write the new turns, make room, generate, remember the reply."""
         with self._residency.writing(agent_id) as state:
             self._receive(state, messages)
-            self._make_room(state, offer.tools)
-            if not state.conversation.turns:
+            window = self._make_room(state, offer.tools)
+            if not window:
                 raise InvalidInputError("no conversation turn to reply to: pass at least one user message")
-            prompt, turns = self._prompt(state, offer.tools)
+            prompt, turns = self._prompt(state, window, offer.tools)
             state.last_prompt_tokens, markup = len(prompt), markup_tokens(offer, self.encode)  # markup not counted
             budget = budgeted(sampling, markup, self.context_tokens - len(prompt), said_by_assistant(turns))
             tool_template = self.tokenizer.chat_template if offer.tools else False

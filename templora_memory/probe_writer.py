@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from peft import PeftModel
 
 from templora_memory import probe_shapes, probes
-from templora_memory.conversation import ChatRenderer
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling, generate_tokens
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message
 from templora_memory.probes import Probe
+from templora_memory.rendering import ChatRenderer
 
 RULES = {"statements": probes.probes_for, "shapes": probe_shapes.probes_for, "model": probe_shapes.probes_for}
 """The rules each writer takes its probes from ("model": the sentences it writes about, and its fallback)."""

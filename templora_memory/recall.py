@@ -15,8 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from templora_memory.conversation import ChatRenderer, Conversation
+from templora_memory.conversation import Conversation
 from templora_memory.message import Message, Turn
+from templora_memory.rendering import ChatRenderer
 
 TOP_K = 8
 """Most turns retrieved per reply (fewer when the budget is spent first)."""

@@ -21,11 +21,11 @@ from templora_memory.adapter_files import Weights
 from templora_memory.adapters import AdapterBank
 from templora_memory.agent import AgentState, AgentStats, agent_seed, check_agent_id
 from templora_memory.config import TempLoraConfig
-from templora_memory.conversation import ChatRenderer
 from templora_memory.distill import TaughtProbe
 from templora_memory.errors import ConfigError, DamagedAgentError, LeaseLostError, StoreError, UnknownAgentError
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.message import Turn
+from templora_memory.rendering import ChatRenderer
 from templora_memory.store import FORMAT_VERSION, AgentStore, StoredAgent, store_key
 
 log = logging.getLogger("templora_memory")

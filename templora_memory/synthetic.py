@@ -16,10 +16,10 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from templora_memory.conversation import ChatRenderer
 from templora_memory.generation import Sampling, generate_tokens
 from templora_memory.kv_cache import PromptCache
 from templora_memory.message import Message
+from templora_memory.rendering import ChatRenderer
 from templora_memory.trainer import LabelledBatch, padded_batch
 
 INSTRUCTION = "Write one question about a fact stated above, and its short answer."

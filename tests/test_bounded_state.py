@@ -9,10 +9,11 @@ import pytest
 
 from templora_memory import conversation
 from templora_memory.agent import AgentState
-from templora_memory.conversation import ARCHIVE_KEPT, FINGERPRINTS_KEPT, Conversation, window_start
+from templora_memory.conversation import ARCHIVE_KEPT, FINGERPRINTS_KEPT, Conversation
 from templora_memory.message import Turn, fingerprint
 from templora_memory.recall import BM25Index, synced
 from templora_memory.store import CURRENT, FORMAT_VERSION, STATE, AgentStore, store_key
+from templora_memory.window import window_start
 
 WINDOW, CHUNK = 256, 64  # tokens: a window of a few turns, chunks written as an engine writes them
 
@@ -201,3 +202,14 @@ def test_turns_past_the_bound_are_journaled_by_their_count(make_engine, tmp_path
         engine.add_turns("npc", _history(42))
     journal = tmp_path / "agents" / store_key("npc") / "journal"
     assert sorted(int(path.name[:8]) for path in journal.iterdir()) == [40, 41]
+
+
+def test_an_agent_fed_only_by_add_turns_lets_go_of_the_turns_no_window_holds(make_engine):
+    engine = make_engine()
+    for message in _history(60):
+        engine.add_turns("fed", [message])
+        held = engine.agent("fed")
+        sizes = [len(turn.tokens) for turn in held.turns]
+        # what is kept: the widest window's turns, and those whose tokens are still pending (written later)
+        assert sum(sizes) <= engine.config.window_tokens + len(held.pending) + max(sizes)
+    assert held.stats.turns_seen == 60 and len(held.turns) < 30

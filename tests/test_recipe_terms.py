@@ -13,7 +13,7 @@ from peft.tuners.lora import LoraLayer
 from templora_memory import ConfigError, TempLoraConfig
 from templora_memory.agent import AgentState
 from templora_memory.config import add_config_options, config_from_args
-from templora_memory.conversation import ChatRenderer
+from templora_memory.rendering import ChatRenderer
 from templora_memory.synthetic import QAPair, QuestionWriter, parse_pair, unique_pairs
 from templora_memory.trainer import IGNORE_INDEX, base_logprobs, chunk_loss, learning_rate, padded_batch, train_chunk
 
