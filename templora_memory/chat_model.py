@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import threading
@@ -39,7 +40,7 @@ from templora_memory.history import AgentChatHistory
 from templora_memory.langchain_messages import from_template, to_template
 from templora_memory.offer import ToolOffer, is_required, offered_tools
 from templora_memory.options import SAMPLING, call_sampling, check_engine_options, settled
-from templora_memory.replies import Reply
+from templora_memory.replies import Reply, Stopped, pump
 from templora_memory.tools import required_call_grammar
 
 HOSTED_ONLY = ("api_key", "base_url", "max_retries", "timeout")
@@ -314,17 +315,15 @@ class ParametricMemory(BaseChatModel):
         done, stopped = object(), threading.Event()
 
         def produce() -> None:
-            chunks = self._stream(messages, stop, None, **kwargs)
+            put = functools.partial(loop.call_soon_threadsafe, queue.put_nowait)
             try:
-                for chunk in chunks:
-                    if stopped.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, chunk)
+                pump(self._stream(messages, stop, None, **kwargs), stopped, put)
+            except Stopped:
+                pass  # the consumer left: nothing reads what would follow
             except BaseException as exc:  # re-raised on the event loop
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                put(exc)
             finally:
-                chunks.close()
-                loop.call_soon_threadsafe(queue.put_nowait, done)
+                put(done)
 
         worker = loop.run_in_executor(None, produce)
         try:

@@ -8,7 +8,8 @@ the finish reason and the token counts.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,26 @@ from templora_memory.errors import TemploraError
 from templora_memory.generation import StopDecoder
 from templora_memory.message import Message
 from templora_memory.tools import ParsedReply, ToolCallStream
+
+
+class Stopped(Exception):
+    """A reply was stopped before its end (its reader left or gave up); it is not remembered."""
+
+
+def pump(stream: Generator | ReplyStream, stop: threading.Event, put: Callable[[Any], None]) -> None:
+    """Hand each piece of `stream` to `put` (another thread's reader) until its end; once `stop` is set, raise
+    `Stopped`. Run on the thread that started the stream: the engine's agent lock belongs to it, so the stream is
+    closed here too when it does not finish (a reply closed early is not remembered)."""
+    finished = False
+    try:
+        for piece in stream:
+            if stop.is_set():
+                raise Stopped("the reply was stopped before its end; it is not remembered")
+            put(piece)
+        finished = True
+    finally:
+        if not finished:
+            stream.close()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 
 from templora_memory.engine import MemoryEngine
-from templora_memory.replies import Reply
+from templora_memory.replies import Reply, pump
 from templora_memory.server.completions import ReplyCall, TextCall
 from templora_memory.server.http_errors import ApiError
 from templora_memory.server.scheduler import Job, QueueFull, Scheduler, ShuttingDown
@@ -30,10 +30,6 @@ _END = object()
 
 class ClientGone(Exception):
     """The client closed its connection before the answer was ready."""
-
-
-class Stopped(Exception):
-    """A reply was stopped before its end (its client left, or its deadline passed); it is not remembered."""
 
 
 class Deadline:
@@ -183,19 +179,7 @@ def stream_reply(
     stop: threading.Event,
     put: Callable[[str], None],
 ) -> Reply:
-    """Generate the reply, handing each piece to `put`; once `stop` is set, close it (then it is not remembered).
-
-    The stream is closed on this thread whatever happens: the agent's lock belongs to it.
-    """
+    """Generate the reply, handing each piece to `put`; once `stop` is set, it stops and is not remembered."""
     stream = call.start(engine, agent_id)
-    finished = False
-    try:
-        for piece in stream:
-            if stop.is_set():
-                raise Stopped("the reply was stopped before its end; it is not remembered")
-            put(piece)
-        finished = True
-        return stream.reply
-    finally:
-        if not finished:
-            stream.close()
+    pump(stream, stop, put)
+    return stream.reply
