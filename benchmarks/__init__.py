@@ -22,13 +22,19 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "server": ("fastapi", "uvicorn"),
 }
 """The modules each optional dependency group of pyproject.toml brings (import names)."""
-NEEDS: dict[str, tuple[str, ...]] = {"suites": ("bench", "test", "compare"), "serve": ("bench", "server"), "device": ()}
+NEEDS: dict[str, tuple[str, ...]] = {
+    "suites": ("bench", "test", "compare"),
+    "serve": ("bench", "server"),
+    "busy": ("server",),
+    "device": (),
+}
 """Extras a sub-command needs beyond `bench` (`constrain` reports a missing comparison library in its table)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`python -m benchmarks` and its sub-commands; each sets `run`, called as `args.run(args)`."""
     from benchmarks import (
+        busy,
         constrain,
         cost,
         device,
@@ -48,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, constrained decoding, speed, suites",
     )
-    modules = (pg19, locomo, recall, recipes, cost, write, scale, footprint, device, serve, constrain, speed, suites)
+    modules = (
+        *(pg19, locomo, recall, recipes, cost, write, scale, footprint),
+        *(device, serve, busy, constrain, speed, suites),
+    )
     names = ",".join(module.__name__.rpartition(".")[2] for module in modules)
     commands = parser.add_subparsers(dest="bench", required=True, metavar="{" + names + "}")
     for module in modules:

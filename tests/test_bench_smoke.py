@@ -384,3 +384,11 @@ def test_device_benchmark_measures_training_against_generation_on_the_cpu(tmp_pa
     assert row["agent_stored_compact_mb"] <= row["agent_stored_mb"]  # fp32 and the moments by default
     assert "train_vs_generate" in capsys.readouterr().out
     assert json.loads((tmp_path / "d.json").read_text())["rows"] == [row]
+
+
+def test_busy_floods_with_a_history_of_the_asked_size_that_ends_with_the_user():
+    from benchmarks.busy import flood_history
+
+    history = flood_history(3)
+    assert 3 * 1024 <= sum(len(m["content"]) for m in history) < 4 * 1024
+    assert [m["role"] for m in history] == ["user", "assistant"] * (len(history) // 2) + ["user"]
