@@ -4,10 +4,15 @@ per step, and leaves when it ends or its reader stops reading.
 `ReplyBatch.tokens` is the batched `generate_tokens`: each reply's tokens are picked by its own `TokenPicker`
 (grammar, repetition penalty, sampling, end of sequence, length) from its own row of logits, so a reply gets the
 tokens it would get alone. The batch has no thread of its own: a reader that needs a token while none is ready
-runs the next step, for every reply in the batch, under the model lock (steps and training take turns), and the
-other readers find theirs ready. A joining reply's prompt runs alone in its first step (its prefill); from its
-second step on it is a row of the batched step (`batched_decoding.batched_logits`). At most `max_rows` replies
-are in the batch; later ones wait in the order they came.
+runs the next step, for every reply in the batch, and the other readers find theirs ready. A joining reply's
+prompt runs alone in its first step (its prefill); from then on it is a row of the batched step
+(`batched_decoding.batched_logits`). At most `max_rows` replies are in the batch; later ones wait in the order
+they came.
+
+Steps run on the decode model with each reply's own copy of its LoRA, taken from the adapter bank when the reply
+joins: only that copy needs the model lock (training changes the bank under it), so training runs beside the
+steps instead of between them, and neither waits for the other to finish (writes do not starve replies, nor
+replies writes).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class ReplyBatch:
     def __init__(
         self, decoder: DecodeModel, bank: AdapterBank, lock: threading.RLock, max_rows: int = MAX_ROWS
     ) -> None:
-        """`lock`: the model lock (each step holds it); `max_rows`: most replies in one batch."""
+        """`lock`: the model lock (held while a joining reply's LoRA is copied); `max_rows`: most replies at once."""
         if max_rows < 1:
             raise ValueError(f"max_rows should be a positive integer but the value passed is {max_rows}")
         self.decoder, self.bank, self.lock, self.max_rows = decoder, bank, lock, max_rows
@@ -70,6 +75,7 @@ class ReplyBatch:
         self.rows_stepped = 0
         """Rows over all batched steps: `rows_stepped / steps` is the mean batch size."""
         self._slots = LoraSlots(decoder)
+        self._stepping = threading.Lock()  # one step at a time
         self._state = threading.Lock()  # guards the rows, their queues and flags
         self._rows: list[_Row] = []  # admitted: those with a slot first, in slot order, then the base model's
         self._waiting: deque[_Row] = deque()
@@ -119,14 +125,14 @@ class ReplyBatch:
                     if row.error is not None:
                         raise row.error
                     return None
-            with self.lock:
+            with self._stepping:
                 with self._state:
                     served = bool(row.ready) or row.ended  # another reader's step may have served it meanwhile
                 if not served:
                     self._step()
 
     def _step(self) -> None:
-        """One step (model lock held): rows that left go, waiting ones join and run their prompt alone, the others
+        """One step: rows that left go, waiting ones join and run their prompt alone, the others
         get their next token from one batched forward (a lone one runs alone: the single reply's own path)."""
         joining = self._admit()
         with self._state:
@@ -179,9 +185,12 @@ class ReplyBatch:
                     row.slot = None if row.agent_id is None else sum(r.slot is not None for r in self._rows)
             joining = [r for r in self._rows if not r.feed]
             self._rows.sort(key=lambda r: (r.slot is None, r.slot or 0))
+        if any(row.slot is not None for row in joining):
+            with self.lock:  # the bank changes under the model lock
+                for row in joining:
+                    if row.slot is not None:
+                        self._slots.load(row.slot, self.bank, row.agent_id)
         for row in joining:
-            if row.slot is not None:
-                self._slots.load(row.slot, self.bank, row.agent_id)
             row.feed = row.cache.align(row.prompt)
         return joining
 
