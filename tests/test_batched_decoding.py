@@ -247,3 +247,31 @@ def test_the_default_model_decodes_a_batch_as_it_decodes_each_reply_alone(real_e
     finally:
         for agent in agents[:2]:
             engine.forget(agent)
+
+
+def test_agents_answered_at_once_reply_as_they_do_one_at_a_time(make_engine):
+    lines = ["Hello there! What is your name?", "My cat is called Whiskers.", "Tell me about the old castle."]
+    sampling = Sampling(max_new_tokens=8, temperature=0.8, seed=4, repetition_penalty=1.1)
+
+    def conversation(engine, agent: str, line: str) -> list[str]:
+        """Three turns with the agent (its first chunk trains before the third reply), the replies' texts."""
+        return [
+            engine.respond(agent, [{"role": "user", "content": f"{line} ({i})"}], sampling).result().text
+            for i in range(3)
+        ]
+
+    alone = make_engine()
+    expected = {agent: conversation(alone, agent, line) for agent, line in zip("abc", lines, strict=True)}
+    together, replies = make_engine(), {}
+    threads = [
+        threading.Thread(target=lambda a=agent, said=line: replies.update({a: conversation(together, a, said)}))
+        for agent, line in zip("abc", lines, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert replies == expected
+    assert together.replies.rows_stepped > together.replies.steps > 0, "no two replies were decoded together"
+    trained = [alone.stats(agent).chunks_trained for agent in "abc"]
+    assert min(trained) >= 1 and [together.stats(agent).chunks_trained for agent in "abc"] == trained
