@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -132,32 +132,42 @@ class ReplyBatch:
                     self._step()
 
     def _step(self) -> None:
-        """One step: rows that left go, waiting ones join and run their prompt alone, the others
-        get their next token from one batched forward (a lone one runs alone: the single reply's own path)."""
+        """One step: rows that left go, waiting ones join and run their prompt alone, the others get their next token
+        from one batched forward (a lone one runs alone: the single reply's own path)."""
         joining = self._admit()
         with self._state:
             rows = [r for r in self._rows if r not in joining]
-        alone = [*joining, *rows] if len(rows) < 2 else joining
-        try:
-            for row in alone:
-                with self._slots.rows(*((row.slot, row.slot + 1) if row.slot is not None else (0, 0))):
-                    self._picked(row, torch_step(self.decoder.model, row.cache)(row.feed))
-            if len(rows) > 1:
-                self._step_batch(rows)
-        except BaseException as exc:
-            with self._state:
-                for row in [*joining, *rows]:
-                    row.ended, row.error = True, exc
-            raise
+        for row in [*joining, *rows] if len(rows) < 2 else joining:
+            with self._slots.rows(*((row.slot, row.slot + 1) if row.slot is not None else (0, 0))):
+                self._run([row], lambda row=row: torch_step(self.decoder.model, row.cache)(row.feed)[None])
+        if len(rows) > 1:
+            with self._slots.rows(0, sum(row.slot is not None for row in rows)):
+                tokens, caches = [row.feed[0] for row in rows], [row.cache for row in rows]
+                self._run(rows, lambda: batched_logits(self.decoder.model, tokens, caches))
+            self.steps += 1
+            self.rows_stepped += len(rows)
 
-    def _step_batch(self, rows: list[_Row]) -> None:
-        """The next token of every row from one forward over all of them."""
-        with self._slots.rows(0, sum(row.slot is not None for row in rows)):
-            logits = batched_logits(self.decoder.model, [row.feed[0] for row in rows], [row.cache for row in rows])
-        self.steps += 1
-        self.rows_stepped += len(rows)
+    def _run(self, rows: list[_Row], forward: Callable[[], torch.Tensor]) -> None:
+        """Run `forward` (the rows' next-token logits, (B, V)) and pick each row's token; a failed forward ends its
+        rows with its error, a failed pick (a grammar's) only its own row."""
+        try:
+            logits = forward()
+        except BaseException as exc:
+            self._fail(rows, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         for row, row_logits in zip(rows, logits, strict=True):
-            self._picked(row, row_logits)
+            try:
+                self._picked(row, row_logits)
+            except Exception as exc:  # noqa: BLE001 - handed to the row's reader
+                self._fail([row], exc)
+
+    def _fail(self, rows: list[_Row], error: BaseException) -> None:
+        """End the rows with `error`, which their readers raise."""
+        with self._state:
+            for row in rows:
+                row.ended, row.error = True, error
 
     def _picked(self, row: _Row, logits: torch.Tensor) -> None:
         """Pick the row's next token from its logits (V,) and queue it for its reader."""

@@ -175,6 +175,43 @@ def test_replies_join_and_leave_a_running_batch_at_token_boundaries(make_engine)
     assert rest[2] == _alone_tokens(engine, "c", prompts[3], sampling)
 
 
+def test_when_a_reply_leaves_the_last_lora_moves_into_its_slot_and_every_row_keeps_its_own(make_engine):
+    engine = _engine(make_engine, decode_weights="fp32")
+    batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
+    sampling = Sampling(max_new_tokens=9, ignore_eos=True)
+    prompts = _prompts(3)
+    streams = [batch.tokens(agent, prompt, sampling, set()) for agent, prompt in zip("abc", prompts, strict=True)]
+    heads = [[next(stream)] for stream in streams]  # slots a, b, c: 0, 1, 2
+    heads = [head + [next(stream)] for head, stream in zip(heads, streams, strict=True)]
+    streams[0].close()  # a leaves slot 0: c moves into it
+    rest = [list(streams[1]), list(streams[2])]
+    assert heads[0] == _alone_tokens(engine, "a", prompts[0], sampling)[:2]
+    for agent, prompt, head, tail in zip("bc", prompts[1:], heads[1:], rest, strict=True):
+        assert head + tail == _alone_tokens(engine, agent, prompt, sampling)
+
+
+class _BrokenGrammar:
+    """A constraint whose mask fails (as a grammar engine's error would)."""
+
+    finished = False
+
+    def mask(self, logits):
+        raise ValueError("the grammar cannot go on")
+
+
+def test_a_failed_pick_ends_only_its_own_reply(make_engine):
+    engine = _engine(make_engine, decode_weights="fp32")
+    batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
+    sampling = Sampling(max_new_tokens=6, ignore_eos=True)
+    prompts = _prompts(2)
+    broken = batch.tokens("a", prompts[0], sampling, set(), constraint=_BrokenGrammar())
+    healthy = batch.tokens("b", prompts[1], sampling, set())
+    first = next(healthy)
+    with pytest.raises(ValueError, match="cannot go on"):
+        next(broken)
+    assert [first, *healthy] == _alone_tokens(engine, "b", prompts[1], sampling)
+
+
 def test_a_reply_keeps_its_own_cache_for_the_next_call(make_engine):
     engine = _engine(make_engine, decode_weights="fp32")
     batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
