@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -41,6 +42,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--reply-tokens", type=int, default=48, help="tokens generated per reply (default: 48)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (default: 3)")
     parser.add_argument("--weights", default="auto", help="decode_weights rows, comma-separated (default: auto)")
+    parser.add_argument(
+        "--write-tokens", type=int, default=None, help="tokens written beside the replies (default: one chunk; 0: none)"
+    )
     parser.set_defaults(run=main)
 
 
@@ -59,6 +63,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         prompts = agent_prompts(engine, text, max(counts), args.prompt_tokens)
         key = f"{weights} ({getattr(engine.decoder, 'weights', '-')})"
         result["weights"][key] = decode_rows(engine, prompts, counts, args.reply_tokens, args.repeats)
+        if "beside_writes" not in result and (args.write_tokens or args.write_tokens is None):
+            written = text[-(args.write_tokens or engine.config.chunk_tokens) :]
+            result["beside_writes"] = beside_writes(engine, prompts, args.reply_tokens, written)
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
     print(table(result))
@@ -122,6 +129,44 @@ def decode_rows(
             "rest_per_row_ms": round((step_ms - weights_ms) / n, 2),
         }
     return {"single_stream_tokens_per_s": round(single, 1), "rows": rows}
+
+
+def beside_writes(
+    engine: MemoryEngine, prompts: dict[str, list[int]], reply_tokens: int, tokens: list[int]
+) -> dict[str, Any]:
+    """Writes beside replies: `tokens` written into a fresh agent on a thread of its own while every agent's reply
+    is decoded in batch, round after round until the write ends; against each alone. Replies take no lock that
+    training holds (but the copy of a joining reply's LoRA), so both go on, sharing the CPU."""
+    caches = {agent: PromptCache() for agent in prompts}
+    write_alone, _ = _time(lambda: engine.write_tokens("batch-writer-alone", tokens))
+    decode_alone, _ = _time(lambda: _batched(engine.replies, engine, prompts, reply_tokens, caches))
+    written = threading.Event()
+    timing: dict[str, float] = {}
+
+    def write() -> None:
+        try:
+            timing["write"], _ = _time(lambda: engine.write_tokens("batch-writer-beside", tokens))
+        finally:
+            written.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    began, rounds = time.perf_counter(), 0
+    while not rounds or not written.is_set():
+        _batched(engine.replies, engine, prompts, reply_tokens, caches)
+        rounds += 1
+    decode_beside = (time.perf_counter() - began) / rounds
+    thread.join()
+    tokens_per_round = len(prompts) * reply_tokens
+    return {
+        "agents": len(prompts),
+        "tokens_written": len(tokens),
+        "write_s_alone": round(write_alone, 1),
+        "write_s_beside_replies": round(timing["write"], 1),
+        "decode_tokens_per_s_alone": round(tokens_per_round / decode_alone, 1),
+        "decode_tokens_per_s_beside_write": round(tokens_per_round / decode_beside, 1),
+        "decode_rounds_beside_write": rounds,
+    }
 
 
 def _alone(engine: MemoryEngine, agent: str, prompt: list[int], n: int, cache: PromptCache) -> list[int]:
@@ -188,4 +233,11 @@ def table(result: dict[str, Any]) -> str:
                 f"{row['times_single_stream']:>9} {row['same_tokens_as_alone']:>12} {row['rows_per_step']:>10} "
                 f"{row['step_ms']:>8} {row['base_weights_ms']:>16} {row['rest_per_row_ms']:>12}"
             )
+    if beside := result.get("beside_writes"):
+        lines.append(
+            f"writes beside replies ({beside['agents']} agents decoding, {beside['tokens_written']} tokens written): "
+            f"write {beside['write_s_alone']} s alone, {beside['write_s_beside_replies']} s beside replies; decode "
+            f"{beside['decode_tokens_per_s_alone']} tokens/s alone, {beside['decode_tokens_per_s_beside_write']} "
+            f"beside the write ({beside['decode_rounds_beside_write']} rounds)"
+        )
     return "\n".join(lines)

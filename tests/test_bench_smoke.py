@@ -277,8 +277,12 @@ def test_batch_times_agents_decoded_together_and_alone(make_engine):
     result = batch.decode_rows(engine, prompts, [1, 2], reply_tokens=4, repeats=1)
     assert result["rows"]["2"]["same_tokens_as_alone"] == "2/2" and result["rows"]["2"]["rows_per_step"] > 1
     assert result["rows"]["1"]["batched_tokens_per_s"] > 0 and result["rows"]["2"]["base_weights_ms"] > 0
+    beside = batch.beside_writes(engine, prompts, reply_tokens=4, tokens=list(range(5, 37)))
+    assert beside["decode_rounds_beside_write"] >= 1 and beside["write_s_beside_replies"] > 0
+    assert engine.stats("batch-writer-beside").tokens_written == 32
     run = {"torch_threads": 1, "machine": {"load_average": (0.0, 0.0, 0.0)}}
-    assert "rest ms/row" in batch.table({"weights": {"fp32": result}, "run": run})
+    printed = batch.table({"weights": {"fp32": result}, "beside_writes": beside, "run": run})
+    assert "rest ms/row" in printed and "writes beside replies" in printed
 
 
 def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):
