@@ -40,6 +40,7 @@ class LoraSlots:
     the start of a single reply), so training may change the adapter meanwhile."""
 
     def __init__(self, decoder: DecodeModel) -> None:
+        """Empty stacks over `decoder`'s layers; they grow as replies join."""
         self.decoder = decoder
         self.a_t: dict[str, torch.Tensor] = {}  # layer name -> (slots, in, r)
         self.b_t: dict[str, torch.Tensor] = {}  # layer name -> (slots, r, out)
@@ -75,10 +76,10 @@ class LoraSlots:
                 name: RowLoras(self.a_t[name][start:stop], self.b_t[name][start:stop]) for name in self.a_t
             }
         try:
-            self.decoder.batch.update(self._views[start, stop] if stop > start else {})
+            self.decoder.row_loras.update(self._views[start, stop] if stop > start else {})
             yield
         finally:
-            self.decoder.batch.clear()
+            self.decoder.row_loras.clear()
 
 
 def _room(stack: torch.Tensor | None, slot: int, like: torch.Tensor) -> torch.Tensor:
@@ -104,7 +105,7 @@ def batchable(model: PreTrainedModel) -> bool:
 @torch.no_grad()
 def batched_logits(model: nn.Module, tokens: Sequence[int], caches: Sequence[PromptCache]) -> torch.Tensor:
     """Logits (B, V) fp32 on the CPU after one more token per row: `tokens[i]` appended to `caches[i]`, which every
-    row attends over alone (the layers' `rows` LoRA set by `LoraSlots.rows`)."""
+    row attends over alone (each row's LoRA as `LoraSlots.rows` set it)."""
     device = model_device(model)
     for cache in caches:
         if cache.past is None:
@@ -128,6 +129,7 @@ class _RowCaches:
     attention gets each row's whole keys and values as lists (see `rows_attention`)."""
 
     def __init__(self, caches: Sequence[PromptCache]) -> None:
+        """`caches[i]`: row i's cache, its prompt already in it."""
         self.caches = caches
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -144,6 +146,7 @@ def rows_attention(inner: str):
     attend = ALL_ATTENTION_FUNCTIONS[inner]
 
     def forward(module, query, keys, values, attention_mask, scaling=None, **kwargs):
+        """Attention of queries (B, H, 1, D) over lists of each row's keys and values; (B, 1, H, D)."""
         rows = zip(query.split(1), keys, values, strict=True)
         if inner == "sdpa":
             outputs = [_sdpa_row(q, k, v, scaling) for q, k, v in rows]

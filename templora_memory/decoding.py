@@ -48,16 +48,16 @@ class DecodeLinear(nn.Module):
     """A linear layer for decoding: fp32 weights shared with training, a compact copy, an optional LoRA."""
 
     def __init__(
-        self, linear: nn.Linear, weights: WeightFormat, name: str = "", batch: dict[str, RowLoras] | None = None
+        self, linear: nn.Linear, weights: WeightFormat, name: str = "", row_loras: dict[str, RowLoras] | None = None
     ) -> None:
-        """`name`: the layer's module name, its key in `batch`, the decode model's per-layer LoRA of a batched step."""
+        """`name`: the layer's module name, its key in `row_loras` (the decode model's, set during a batched step)."""
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias  # shared with the training model, not copied
         self.out_features = linear.out_features
         self.compact = _Compact.of(linear.weight.detach(), weights)
         self.lora: tuple[torch.Tensor, torch.Tensor] | None = None
         """The active agent's (Aᵀ (in, r), scale · Bᵀ (r, out)), contiguous copies for this reply; None: base model."""
-        self.name, self.batch = name, batch if batch is not None else {}
+        self.name, self.row_loras = name, row_loras if row_loras is not None else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (B·T, in)
@@ -69,8 +69,8 @@ class DecodeLinear(nn.Module):
             a_t, b_t = self.lora
             y = torch.addmm(y, rows.mm(a_t), b_t)  # y + (x Aᵀ)(scale · B)ᵀ, (T, out)
         y = y.reshape(*x.shape[:-1], self.out_features)
-        if self.batch and (row_loras := self.batch.get(self.name)) is not None:
-            row_loras.add(y, x)
+        if self.row_loras and (rows_lora := self.row_loras.get(self.name)) is not None:
+            rows_lora.add(y, x)
         return y
 
 
@@ -189,7 +189,7 @@ class DecodeModel:
     def __init__(self, base: PreTrainedModel, weights: WeightFormat) -> None:
         """Build before peft wraps `base`: its linear layers are still plain `nn.Linear` then."""
         self.weights = weights
-        self.batch: dict[str, RowLoras] = {}
+        self.row_loras: dict[str, RowLoras] = {}
         """Each layer's `RowLoras` by module name during a batched step (`batched_decoding.LoraSlots.rows`)."""
         shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
         self.model: PreTrainedModel = copy.deepcopy(base, memo=shared)  # new modules, the same tensors
@@ -198,7 +198,7 @@ class DecodeModel:
             # the output head keeps 8 bits under int4: GGUF files store it in Q8_0
             kind: WeightFormat = "int8" if weights == "int4" and name == "lm_head" else weights
             parent, _, attr = name.rpartition(".")
-            layer = DecodeLinear(linear, kind, name, self.batch)
+            layer = DecodeLinear(linear, kind, name, self.row_loras)
             setattr(self.model.get_submodule(parent), attr, layer)
             self.layers[name] = layer
 
