@@ -199,12 +199,19 @@ def _posted(url: str, body: dict[str, Any], agent_id: str) -> Iterator[HTTPRespo
 def sweep(
     engine: MemoryEngine, settings, counts: list[int], rounds: int, max_tokens: int, max_seconds: float
 ) -> dict[str, Any]:
-    """The load with n clients for each n in `counts`, each client talking to an agent of its own (fresh agents for
-    every n), `rounds` requests each: aggregate completion tokens/s, against one client's, and latency."""
+    """The load with n clients for each n in `counts`, each client talking to an agent of its own (new agents for
+    every n, created before timing: a game's NPCs exist before they talk), `rounds` requests each: aggregate
+    completion tokens/s, against one client's, latency, and the mean replies per batched decoding step."""
     rows = {}
     for n in counts:
+        for i in range(n):
+            engine.agent(f"sweep{n}-{i}")
+        steps, stepped = engine.replies.steps, engine.replies.rows_stepped
         load = run(engine, settings, n, n, n * rounds, max_tokens, max_seconds, prefix=f"sweep{n}")
         rows[str(n)] = {key: load[key] for key in ("tokens_per_s", "latency_s", "chunks_written", "memory")}
+        rows[str(n)]["rows_per_step"] = round(
+            (engine.replies.rows_stepped - stepped) / max(1, engine.replies.steps - steps), 2
+        )
     single = rows[str(min(counts))]["tokens_per_s"] if counts else 0
     for row in rows.values():
         row["times_one_client"] = round(row["tokens_per_s"] / single, 2) if single else None
@@ -333,9 +340,9 @@ def table(result: dict[str, Any]) -> str:
         memory = row["memory"]
         rows.append(
             (
-                f"{n} client(s), an agent each: tokens/s (× one client), p50 (s), chunks, lost/duplicated",
+                f"{n} client(s), an agent each: tokens/s (× one client), p50 (s), rows/step, chunks, lost/doubled",
                 f"{row['tokens_per_s']} ({row['times_one_client']}×), {row['latency_s']['p50']}, "
-                f"{row['chunks_written']}, {memory['lost']}/{memory['duplicated']}",
+                f"{row['rows_per_step']}, {row['chunks_written']}, {memory['lost']}/{memory['duplicated']}",
             )
         )
     return "\n".join(["| measure | value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])

@@ -10,9 +10,10 @@ prompt runs alone in its first step (its prefill); from then on it is a row of t
 they came.
 
 Steps run on the decode model with each reply's own copy of its LoRA, taken from the adapter bank when the reply
-joins: only that copy needs the model lock (training changes the bank under it), so training runs beside the
-steps instead of between them, and neither waits for the other to finish (writes do not starve replies, nor
-replies writes).
+joins, and take no lock that training holds: training runs beside the steps instead of between them, and
+neither waits for the other to finish (writes do not starve replies, nor replies writes). The copy needs the
+agent's adapter to stay as it is meanwhile, which the caller sees to: the engine holds the agent's lock for the
+whole reply, and the bank trains, swaps or evicts an agent's adapter only under that lock.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class ReplyBatch:
     def __init__(
         self, decoder: DecodeModel, bank: AdapterBank, lock: threading.RLock, max_rows: int = MAX_ROWS
     ) -> None:
-        """`lock`: the model lock (held while a joining reply's LoRA is copied); `max_rows`: most replies at once."""
+        """`lock`: the model lock, held by replies the batch cannot take (run alone as `generate_tokens` runs them);
+        `max_rows`: most replies at once."""
         if max_rows < 1:
             raise ValueError(f"max_rows should be a positive integer but the value passed is {max_rows}")
         self.decoder, self.bank, self.lock, self.max_rows = decoder, bank, lock, max_rows
@@ -90,7 +92,8 @@ class ReplyBatch:
         constraint: Constraint | None = None,
     ) -> Iterator[int]:
         """The tokens `generate_tokens` yields for this reply with the agent's LoRA (None: the base model), decoded
-        in batch with the other replies running now; closing the iterator takes the reply out of the batch."""
+        in batch with the other replies running now; closing the iterator takes the reply out of the batch. The
+        agent's adapter must not change until the first token (see the module's note)."""
         if not self._batched(agent_id):
             with self.lock, self.decoder.active(self.bank, agent_id) as model:
                 yield from generate_tokens(model, prompt, sampling, eos_ids, cache, constraint)
@@ -112,8 +115,7 @@ class ReplyBatch:
         """Whether this reply can be a row of the batch (the torch decode model, attention and LoRA it can batch)."""
         if not isinstance(self.decoder, DecodeModel) or not batchable(self.decoder.model):
             return False
-        with self.lock:  # the bank changes under the model lock
-            return LoraSlots.supports(self.decoder, self.bank, agent_id)
+        return LoraSlots.supports(self.decoder, self.bank, agent_id)
 
     def _next(self, row: _Row) -> int | None:
         """The reply's next token (None once it has ended), running steps until one is ready."""
@@ -195,12 +197,9 @@ class ReplyBatch:
                     row.slot = None if row.agent_id is None else sum(r.slot is not None for r in self._rows)
             joining = [r for r in self._rows if not r.feed]
             self._rows.sort(key=lambda r: (r.slot is None, r.slot or 0))
-        if any(row.slot is not None for row in joining):
-            with self.lock:  # the bank changes under the model lock
-                for row in joining:
-                    if row.slot is not None:
-                        self._slots.load(row.slot, self.bank, row.agent_id)
         for row in joining:
+            if row.slot is not None:
+                self._slots.load(row.slot, self.bank, row.agent_id)
             row.feed = row.cache.align(row.prompt)
         return joining
 
