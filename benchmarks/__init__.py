@@ -34,6 +34,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 def build_parser() -> argparse.ArgumentParser:
     """`python -m benchmarks` and its sub-commands; each sets `run`, called as `args.run(args)`."""
     from benchmarks import (
+        batch,
         busy,
         constrain,
         cost,
@@ -52,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, constrained decoding, speed, suites",
+        description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, batched decoding, "
+        "constrained decoding, speed, suites",
     )
     modules = (
         *(pg19, locomo, recall, recipes, cost, write, scale, footprint),
-        *(device, serve, busy, constrain, speed, suites),
+        *(device, serve, busy, batch, constrain, speed, suites),
     )
     names = ",".join(module.__name__.rpartition(".")[2] for module in modules)
     commands = parser.add_subparsers(dest="bench", required=True, metavar="{" + names + "}")

@@ -3,13 +3,15 @@
 The server runs in this process on a free loopback port over the default model. Each client sends streamed
 chat requests (a persona system message and one new user line; the agent's window supplies the rest) for the
 agents in turn, so requests for one agent also arrive at the same time and the server must serialise them.
-Prints requests/s, p50/p95 latency and time to first token, 429s (retried after Retry-After) and 5xx; then
-checks every agent's memory: each line sent and each reply received is there exactly once, each reply right
-after its line. Last, the HTTP overhead per reply: the same replies generated in-process (`engine.respond`) and
-over HTTP, alternating, on the idle server; and, less noisy on a shared machine, each HTTP reply's time beyond
-the engine's own inside the same request (the server's `Server-Timing` header). Bounded by --requests and
---max-seconds; loopback only. The clients are the standard library's `http.client`, so the figures are the
-server's, not a client library's.
+Prints requests/s, completion tokens/s, p50/p95 latency and time to first token, 429s (retried after
+Retry-After) and 5xx; then checks every agent's memory: each line sent and each reply received is there exactly
+once, each reply right after its line. Then, in the same run, the same load with 1, 2, 4, 8 clients each
+talking to an agent of its own (`--concurrency`): aggregate completion tokens/s against one client's, as
+replies running at once are decoded in one batch (the memory checked the same way). Last, the HTTP overhead
+per reply: the same replies generated in-process (`engine.respond`) and over HTTP, alternating, on the idle
+server; and, less noisy on a shared machine, each HTTP reply's time beyond the engine's own inside the same
+request (the server's `Server-Timing` header). Bounded by --requests and --max-seconds; loopback only. The
+clients are the standard library's `http.client`, so the figures are the server's, not a client library's.
 """
 
 from __future__ import annotations
@@ -57,7 +59,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--requests", type=int, default=24, help="chat requests in all (default: 24)")
     parser.add_argument("--max-tokens", type=int, default=24, help="reply length cap (default: 24)")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop sending after this long (default: 600)")
-    parser.add_argument("--workers", type=int, default=2, help="the server's worker threads (default: 2)")
+    parser.add_argument("--workers", type=int, default=8, help="the server's worker threads (default: 8)")
+    parser.add_argument("--batch-rows", type=int, default=8, help="replies decoded in one batch at most (default: 8)")
+    parser.add_argument(
+        "--concurrency", default="1,2,4,8", help="clients (each with its own agent) of the sweep (default: 1,2,4,8)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="requests per agent in the sweep (default: 3)")
     parser.add_argument("--max-queue", type=int, default=64, help="the server's queue bound (default: 64)")
     parser.add_argument("--overhead-replies", type=int, default=6, help="replies timed each way (default: 6)")
     parser.set_defaults(run=main)
@@ -71,8 +78,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if min(args.clients, args.agents, args.requests, args.max_tokens, args.overhead_replies) < 1:
         raise InvalidInputError("--clients, --agents, --requests, --max-tokens and --overhead-replies must be >= 1")
     engine = common.engine_from_args(args)
-    settings = ServerSettings(workers=args.workers, max_queue=args.max_queue)
+    settings = ServerSettings(workers=args.workers, batch_rows=args.batch_rows, max_queue=args.max_queue)
     result = run(engine, settings, args.clients, args.agents, args.requests, args.max_tokens, args.max_seconds)
+    counts = [int(n) for n in args.concurrency.split(",") if n.strip()]
+    result["concurrency"] = sweep(engine, settings, counts, args.rounds, args.max_tokens, args.max_seconds)
     result["overhead"] = overhead(engine, settings, args.overhead_replies, args.max_tokens)
     result["run"] = common.run_info(engine, args, started)
     common.write_json(args.out, result)
@@ -81,12 +90,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(
-    engine: MemoryEngine, settings, clients: int, agents: int, requests: int, max_tokens: int, max_seconds: float
+    engine: MemoryEngine,
+    settings,
+    clients: int,
+    agents: int,
+    requests: int,
+    max_tokens: int,
+    max_seconds: float,
+    prefix: str = "villager",
 ) -> dict[str, Any]:
-    """The load: `requests` streamed requests from `clients` threads over `agents` agents; then the memory check."""
+    """The load: `requests` streamed requests from `clients` threads over `agents` agents (named `prefix`-i); then
+    the memory check."""
     from templora_memory.server import BackgroundServer
 
-    plan = [(f"villager-{i % agents}", f"{LINES[(i // agents) % len(LINES)]} (line {i})") for i in range(requests)]
+    plan = [(f"{prefix}-{i % agents}", f"{LINES[(i // agents) % len(LINES)]} (line {i})") for i in range(requests)]
     calls: list[dict[str, Any]] = []
     with BackgroundServer(engine, settings) as server:
         pending, lock = list(reversed(plan)), threading.Lock()
@@ -110,6 +127,9 @@ def run(
         "requests_done": len(done),
         "seconds": round(elapsed, 2),
         "requests_per_s": round(len(done) / elapsed, 3),
+        "completion_tokens": sum(c["tokens"] for c in done),
+        "tokens_per_s": round(sum(c["tokens"] for c in done) / elapsed, 2),
+        "chunks_written": sum(engine.stats(a).chunks_trained for a in {c["agent"] for c in done}),
         "latency_s": _quantiles([c["seconds"] for c in done]),
         "ttft_s": _quantiles([c["ttft"] for c in done if c["ttft"] is not None]),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
@@ -136,10 +156,11 @@ def _chat(url: str, agent_id: str, line: str, max_tokens: int, deadline: float) 
         "messages": [{"role": "system", "content": PERSONA.format(name=agent_id)}, {"role": "user", "content": line}],
         "max_tokens": max_tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     retries = 0
     while True:
-        begun, ttft, pieces, failed = time.perf_counter(), None, [], False
+        begun, ttft, pieces, failed, tokens = time.perf_counter(), None, [], False, 0
         with _posted(url, body, agent_id) as response:
             if response.status == 429 and time.monotonic() < deadline:
                 retries += 1
@@ -151,12 +172,14 @@ def _chat(url: str, agent_id: str, line: str, max_tokens: int, deadline: float) 
                     continue
                 chunk = json.loads(event.removeprefix("data: "))
                 failed |= "error" in chunk
+                tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
                 piece = chunk["choices"][0]["delta"].get("content") if chunk.get("choices") else None
                 if piece:
                     ttft = ttft if ttft is not None else time.perf_counter() - begun
                     pieces.append(piece)
             status = 500 if failed else response.status
-        return _call(agent_id, line, status, begun, ttft, "".join(pieces) if status == 200 else None, retries)
+        reply = "".join(pieces) if status == 200 else None
+        return {**_call(agent_id, line, status, begun, ttft, reply, retries), "tokens": tokens}
 
 
 @contextlib.contextmanager
@@ -171,6 +194,28 @@ def _posted(url: str, body: dict[str, Any], agent_id: str) -> Iterator[HTTPRespo
         yield http.getresponse()
     finally:
         http.close()
+
+
+def sweep(
+    engine: MemoryEngine, settings, counts: list[int], rounds: int, max_tokens: int, max_seconds: float
+) -> dict[str, Any]:
+    """The load with n clients for each n in `counts`, each client talking to an agent of its own (new agents for
+    every n, created before timing: a game's NPCs exist before they talk), `rounds` requests each: aggregate
+    completion tokens/s, against one client's, latency, and the mean replies per batched decoding step."""
+    rows = {}
+    for n in counts:
+        for i in range(n):
+            engine.agent(f"sweep{n}-{i}")
+        steps, stepped = engine.replies.steps, engine.replies.rows_stepped
+        load = run(engine, settings, n, n, n * rounds, max_tokens, max_seconds, prefix=f"sweep{n}")
+        rows[str(n)] = {key: load[key] for key in ("tokens_per_s", "latency_s", "chunks_written", "memory")}
+        rows[str(n)]["rows_per_step"] = round(
+            (engine.replies.rows_stepped - stepped) / max(1, engine.replies.steps - steps), 2
+        )
+    single = rows[str(min(counts))]["tokens_per_s"] if counts else 0
+    for row in rows.values():
+        row["times_one_client"] = round(row["tokens_per_s"] / single, 2) if single else None
+    return rows
 
 
 def _call(agent_id, line, status, begun, ttft, reply, retries) -> dict[str, Any]:
@@ -278,6 +323,7 @@ def table(result: dict[str, Any]) -> str:
         ("clients x agents", f"{result['clients']} x {result['agents']}"),
         ("requests done / planned", f"{result['requests_done']} / {result['requests_planned']}"),
         ("requests/s", result["requests_per_s"]),
+        ("completion tokens/s (chunks written)", f"{result['tokens_per_s']} ({result['chunks_written']})"),
         ("latency p50 / p95 (s)", f"{latency['p50']} / {latency['p95']}"),
         ("time to first token p50 / p95 (s)", f"{ttft['p50']} / {ttft['p95']}"),
         ("429 (retried) / 5xx", f"{result['http_429']} / {result['http_5xx']}"),
@@ -290,4 +336,13 @@ def table(result: dict[str, Any]) -> str:
         ("HTTP overhead per reply, paired", f"{cost['paired_overhead_ms']} ms ({cost['paired_overhead_pct']} %)"),
         ("HTTP layer per reply (beyond the engine)", f"{cost['http_layer_ms']} ms ({cost['http_layer_pct']} %)"),
     ]
+    for n, row in result.get("concurrency", {}).items():
+        memory = row["memory"]
+        rows.append(
+            (
+                f"{n} client(s), an agent each: tokens/s (× one client), p50 (s), rows/step, chunks, lost/doubled",
+                f"{row['tokens_per_s']} ({row['times_one_client']}×), {row['latency_s']['p50']}, "
+                f"{row['rows_per_step']}, {row['chunks_written']}, {memory['lost']}/{memory['duplicated']}",
+            )
+        )
     return "\n".join(["| measure | value |", "| --- | --- |", *(f"| {name} | {value} |" for name, value in rows)])

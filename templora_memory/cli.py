@@ -77,6 +77,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings = ServerSettings(
         api_key=args.api_key or os.environ.get("TEMPLORA_API_KEY") or None,
         workers=args.workers,
+        batch_rows=args.batch_rows,
         max_queue=args.max_queue,
         request_timeout=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
@@ -132,7 +133,8 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=None,
         help="bearer key every request must carry (default: $TEMPLORA_API_KEY; prefer it: options show in ps)",
     )
-    serve.add_argument("--workers", type=int, default=2, help="threads running replies and training (default: 2)")
+    serve.add_argument("--workers", type=int, default=8, help="threads running replies and training (default: 8)")
+    serve.add_argument("--batch-rows", type=int, default=8, help="replies decoded in one batch at most (default: 8)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting or running; then 429 (default: 64)")
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request; then 504 (300)")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="largest request body (4 MiB)")
@@ -156,9 +158,9 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
 
 
 SERVE_ENVIRONMENT = (
-    "host", "port", "model", "store", "max_resident", "workers", "max_queue", "request_timeout", "max_body_bytes",
-    "max_import_bytes", "shutdown_timeout", "sync_write_tokens", "max_pending_tokens", "log_level", "replicas",
-    "gpus_per_replica", "threads",
+    "host", "port", "model", "store", "max_resident", "workers", "batch_rows", "max_queue", "request_timeout",
+    "max_body_bytes", "max_import_bytes", "shutdown_timeout", "sync_write_tokens", "max_pending_tokens", "log_level",
+    "replicas", "gpus_per_replica", "threads",
 )  # fmt: skip
 """`serve` options also read from $TEMPLORA_<OPTION> (`TEMPLORA_PORT=9000`), like the config fields; besides these,
 $TEMPLORA_CORS_ORIGIN takes commas. The key is $TEMPLORA_API_KEY (see `--api-key`)."""

@@ -6,9 +6,10 @@ Decoding one token reads every weight once, so on a CPU its speed is set by the 
 bf16, int8 (per output channel) or int4 (groups of 32 with a scale and a zero, the grid of the GGUF file's
 Q4_1 weights, so for the default model nothing is lost); everything else (embeddings, norms, the fp32
 weights themselves) is shared with the training model, not copied. Prompts of more than `PREFILL_ROWS`
-tokens run on the fp32 weights (matrix products there are compute-bound, and the cached states stay
+tokens (per sequence) run on the fp32 weights (matrix products there are compute-bound, and the cached states stay
 exact); single tokens run on the compact copy. The LoRA update x·Aᵀ·Bᵀ·(α/r) is added in fp32 with two
-small matrix products per layer, in place of peft's per-layer module calls.
+small matrix products per layer, in place of peft's per-layer module calls; in a batched step of several
+replies (`batched_decoding`) each row adds its own agent's update.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 
 WeightFormat = Literal["fp32", "bf16", "int8", "int4"]
 PREFILL_ROWS = 8
-"""Above this many tokens in one call, a layer multiplies with its fp32 weights instead of the compact copy."""
+"""Above this many tokens per sequence in one call, a layer multiplies with its fp32 weights instead of the compact
+copy (a batched step of one token for each of many replies stays on the compact copy)."""
 INT4_GROUP = 32
 """Input features sharing one int4 scale and zero (llama.cpp's Q4_1 block size)."""
 INT4_EXACT = 0.01
@@ -45,24 +47,45 @@ INT4_EXACT = 0.01
 class DecodeLinear(nn.Module):
     """A linear layer for decoding: fp32 weights shared with training, a compact copy, an optional LoRA."""
 
-    def __init__(self, linear: nn.Linear, weights: WeightFormat) -> None:
+    def __init__(
+        self, linear: nn.Linear, weights: WeightFormat, name: str = "", row_loras: dict[str, RowLoras] | None = None
+    ) -> None:
+        """`name`: the layer's module name, its key in `row_loras` (the decode model's, set during a batched step)."""
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias  # shared with the training model, not copied
         self.out_features = linear.out_features
         self.compact = _Compact.of(linear.weight.detach(), weights)
         self.lora: tuple[torch.Tensor, torch.Tensor] | None = None
         """The active agent's (Aᵀ (in, r), scale · Bᵀ (r, out)), contiguous copies for this reply; None: base model."""
+        self.name, self.row_loras = name, row_loras if row_loras is not None else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])  # (T, in)
-        if self.compact is None or rows.shape[0] > PREFILL_ROWS:
+        rows = x.reshape(-1, x.shape[-1])  # (B·T, in)
+        if self.compact is None or x.shape[-2] > PREFILL_ROWS:
             y = F.linear(rows, self.weight, self.bias)
         else:
             y = self.compact(rows) if self.bias is None else self.compact(rows) + self.bias
         if self.lora is not None:
             a_t, b_t = self.lora
             y = torch.addmm(y, rows.mm(a_t), b_t)  # y + (x Aᵀ)(scale · B)ᵀ, (T, out)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        if self.row_loras and (rows_lora := self.row_loras.get(self.name)) is not None:
+            rows_lora.add(y, x)
+        return y
+
+
+class RowLoras:
+    """One layer's LoRA for the rows of a batched step: Aᵀ (k, in, r) and scale·Bᵀ (k, r, out) for its first k rows;
+    the rows after them (replies of the base model) get no update."""
+
+    def __init__(self, a_t: torch.Tensor, b_t: torch.Tensor) -> None:
+        self.a_t, self.b_t = a_t, b_t
+
+    def add(self, y: torch.Tensor, x: torch.Tensor) -> None:
+        """Add to `y` (B, T, out), in place, each of its first k rows' update from `x` (B, T, in)."""
+        k = self.a_t.shape[0]
+        adapted, x = (y, x) if k == y.shape[0] else (y.narrow(0, 0, k), x.narrow(0, 0, k))
+        adapted.baddbmm_(torch.bmm(x, self.a_t), self.b_t)  # (k, T, r), then y + that · scale·Bᵀ
 
 
 class _Compact:
@@ -166,6 +189,8 @@ class DecodeModel:
     def __init__(self, base: PreTrainedModel, weights: WeightFormat) -> None:
         """Build before peft wraps `base`: its linear layers are still plain `nn.Linear` then."""
         self.weights = weights
+        self.row_loras: dict[str, RowLoras] = {}
+        """Each layer's `RowLoras` by module name during a batched step (`batched_decoding.LoraSlots.rows`)."""
         shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
         self.model: PreTrainedModel = copy.deepcopy(base, memo=shared)  # new modules, the same tensors
         self.layers: dict[str, DecodeLinear] = {}
@@ -173,7 +198,7 @@ class DecodeModel:
             # the output head keeps 8 bits under int4: GGUF files store it in Q8_0
             kind: WeightFormat = "int8" if weights == "int4" and name == "lm_head" else weights
             parent, _, attr = name.rpartition(".")
-            layer = DecodeLinear(linear, kind)
+            layer = DecodeLinear(linear, kind, name, self.row_loras)
             setattr(self.model.get_submodule(parent), attr, layer)
             self.layers[name] = layer
 
@@ -194,14 +219,14 @@ class DecodeModel:
                 a, b, scale = loras.get(name, (None, None, 0.0))
                 # copied once per reply, laid out for torch.addmm (transposed views cost 40 % more per token), in the
                 # layer's dtype (fp32 on the CPU, the GPU's bf16)
-                layer.lora = None if a is None else _lora_copy(a, b, scale, layer.weight.dtype)
+                layer.lora = None if a is None else lora_copy(a, b, scale, layer.weight.dtype)
             yield self.model
         finally:
             for layer in self.layers.values():
                 layer.lora = None
 
 
-def _lora_copy(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def lora_copy(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(Aᵀ, scale · Bᵀ) as contiguous copies in `dtype`."""
     return a.detach().t().contiguous().to(dtype), (b.detach() * scale).t().contiguous().to(dtype)
 

@@ -32,7 +32,7 @@ from templora_memory.decoding import decoder_for
 from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError, StoreError
-from templora_memory.generation import Sampling, continuation_logits, generate_tokens
+from templora_memory.generation import Sampling, continuation_logits
 from templora_memory.kv_cache import PromptCache, RopeShift
 from templora_memory.loading import load_model
 from templora_memory.message import Message, Turn, check_messages, fingerprint, said_by_assistant, split_system
@@ -40,6 +40,7 @@ from templora_memory.offer import ToolOffer
 from templora_memory.recall import HybridRecall
 from templora_memory.rendering import ChatRenderer
 from templora_memory.replies import Reply, ReplyStream, decode_reply
+from templora_memory.reply_batch import ReplyBatch
 from templora_memory.residency import Residency, check_max_resident
 from templora_memory.store import AgentStore, open_store
 from templora_memory.synthetic import QuestionWriter
@@ -79,6 +80,7 @@ class MemoryEngine:
         self._window = PromptWindow(self.renderer, self.config.window_tokens, archive=self.config.recall_tokens > 0)
         self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
+        self.replies = ReplyBatch(self.decoder, self.bank, self._model_lock)  # replies running at once: one batch
         self.store = open_store(store, spill=max_resident is not None)  # a temporary one holds evicted agents
         shift = RopeShift.of(base) if self.config.attention_sinks else None
         self._residency = Residency(
@@ -347,10 +349,9 @@ class MemoryEngine:
         tool_template: str | None | bool,
     ) -> Generator[str, None, Reply]:
         """Generate after `prompt` with the agent's adapter, decoding text pieces; returns the parsed reply."""
-        with self._model_lock, self.decoder.active(self.bank, agent_id) as model:
-            tokens = generate_tokens(model, prompt, sampling, self.eos_ids, cache, constraint)
-            limits = dict(stop=stop, max_new_tokens=sampling.max_new_tokens, prompt_tokens=len(prompt))
-            return (yield from decode_reply(tokens, self.tokenizer, **limits, tool_template=tool_template))
+        tokens = self.replies.tokens(agent_id, prompt, sampling, self.eos_ids, cache, constraint)
+        limits = dict(stop=stop, max_new_tokens=sampling.max_new_tokens, prompt_tokens=len(prompt))
+        return (yield from decode_reply(tokens, self.tokenizer, **limits, tool_template=tool_template))
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:

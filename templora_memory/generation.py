@@ -58,30 +58,49 @@ def generate_tokens(
     tokens its grammar allows are picked, the penalty counts only the reply, and generation ends when the grammar is
     complete.
     """
-    # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
-    seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    generator = torch.Generator().manual_seed(seed % 2**64)  # torch takes 64 bits; any integer seeds it
     if isinstance(model, LogitsSource):  # another backend (llama.cpp) that keeps its own states
         feed, step = list(prompt), model.next_logits
     else:
         cache = cache if cache is not None else PromptCache()
-        feed, step = cache.align(prompt), _torch_step(model, cache)
-    # tokens are picked on the CPU (one row of logits per token), so a seed picks the same tokens on every device
-    seen = torch.tensor(_penalised(prompt, sampling, constraint), dtype=torch.long, device="cpu")  # (T,)
-    for _ in range(sampling.max_new_tokens):
-        logits = step(feed)  # (V,)
-        if constraint is not None:
-            constraint.mask(logits)
-        token = _pick(logits, seen, sampling, generator)
-        if token in eos_ids and not sampling.ignore_eos:
-            return
+        feed, step = cache.align(prompt), torch_step(model, cache)
+    picker = TokenPicker(prompt, sampling, eos_ids, constraint)
+    token = picker.choose(step(feed)) if sampling.max_new_tokens > 0 else None
+    while token is not None:
         yield token
-        if constraint is not None:
-            constraint.advance(token)
-            if constraint.finished:
-                return
-        seen = torch.cat([seen, torch.tensor([token], device="cpu")])
-        feed = [token]
+        token = picker.choose(step([token])) if picker.accept(token) else None
+
+
+class TokenPicker:
+    """The per-token logic of one reply, apart from the model: grammar mask, repetition penalty, sampling, and when
+    the reply ends. `generate_tokens` and the batched decoder (`batched_decoding`) pick every reply's tokens with it."""
+
+    def __init__(
+        self, prompt: Sequence[int], sampling: Sampling, eos_ids: set[int], constraint: Constraint | None = None
+    ) -> None:
+        self.sampling, self.eos_ids, self.constraint = sampling, eos_ids, constraint
+        # an own generator even unseeded: the global RNG belongs to seeded training (see trainer.seeded)
+        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.generator = torch.Generator().manual_seed(seed % 2**64)  # torch takes 64 bits; any integer seeds it
+        # tokens are picked on the CPU (one row of logits per token), so a seed picks the same tokens on every device
+        self.seen = torch.tensor(_penalised(prompt, sampling, constraint), dtype=torch.long, device="cpu")  # (T,)
+        self.picked = 0
+
+    def choose(self, logits: torch.Tensor) -> int | None:
+        """The next token after `logits` (V,) (changed in place), or None when it ends the reply (end of sequence)."""
+        if self.constraint is not None:
+            self.constraint.mask(logits)
+        token = _pick(logits, self.seen, self.sampling, self.generator)
+        return None if token in self.eos_ids and not self.sampling.ignore_eos else token
+
+    def accept(self, token: int) -> bool:
+        """Count `token` as part of the reply; False once the reply is complete (grammar finished, or length)."""
+        self.picked += 1
+        if self.constraint is not None:
+            self.constraint.advance(token)
+            if self.constraint.finished:
+                return False
+        self.seen = torch.cat([self.seen, torch.tensor([token], device="cpu")])
+        return self.picked < self.sampling.max_new_tokens
 
 
 @torch.no_grad()
@@ -111,7 +130,7 @@ class LogitsSource(Protocol):
         ...
 
 
-def _torch_step(model: nn.Module, cache: PromptCache) -> Callable[[list[int]], torch.Tensor]:
+def torch_step(model: nn.Module, cache: PromptCache) -> Callable[[list[int]], torch.Tensor]:
     """The next token's logits after the tokens fed, run through `model` with the KV states `cache` holds."""
     last_only = {"logits_to_keep": 1} if _keeps_logits(model) else {}  # a long prompt needs no logits but its last
     device = model_device(model)

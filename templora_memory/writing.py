@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import queue
 import threading
 import time
@@ -104,6 +105,15 @@ def run_update(
     if config.adapter_dtype != "fp32":  # RAM holds what a reload gives (fp32: the trained weights as they are)
         trainer.round_weights(optimizer, STORED_DTYPES[config.adapter_dtype])
     job.seconds = time.perf_counter() - started
+    _give_back_memory()
+
+
+def _give_back_memory() -> None:
+    """Return the memory an update freed to the OS: glibc keeps what a thread frees in that thread's own heap, so
+    each server worker that once trained a chunk held a training step's peak (8 workers: out of memory at 16 GB;
+    three agents answered at once: 3.0 GB, 1.5 GB with this). A no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class ChunkWriter:

@@ -93,7 +93,7 @@ class ScriptedModel:
 def scripted_model(monkeypatch) -> ScriptedModel:
     """Replace the engine's model generation with a `ScriptedModel` (the tiny model's replies are random)."""
     script = ScriptedModel()
-    monkeypatch.setattr("templora_memory.engine.generate_tokens", script.generate)
+    monkeypatch.setattr("templora_memory.reply_batch.ReplyBatch.tokens", staticmethod(script.generate))
     return script
 
 

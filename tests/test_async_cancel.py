@@ -35,7 +35,7 @@ def _remembered(memory, agent_id: str) -> list[str]:
 
 
 def test_closing_an_astream_stops_generation_and_forgets_the_reply(tiny_memory, slow_script, monkeypatch):
-    monkeypatch.setattr("templora_memory.engine.generate_tokens", slow_script)
+    monkeypatch.setattr("templora_memory.reply_batch.ReplyBatch.tokens", staticmethod(slow_script))
 
     async def first_piece_then_leave() -> None:
         stream = tiny_memory.astream("Count for me", agent_id="a", max_tokens=64)
@@ -49,7 +49,7 @@ def test_closing_an_astream_stops_generation_and_forgets_the_reply(tiny_memory, 
 
 
 def test_cancelling_ainvoke_stops_generation_and_forgets_the_reply(tiny_memory, slow_script, monkeypatch):
-    monkeypatch.setattr("templora_memory.engine.generate_tokens", slow_script)
+    monkeypatch.setattr("templora_memory.reply_batch.ReplyBatch.tokens", staticmethod(slow_script))
 
     async def cancel_midway() -> None:
         task = asyncio.create_task(tiny_memory.ainvoke("Count for me", agent_id="b", max_tokens=64))

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("nltk")
 
 import benchmarks  # noqa: E402
-from benchmarks import common, constrain, cost, locomo, pg19, recipes, scale, serve, speed, suites  # noqa: E402
+from benchmarks import batch, common, constrain, cost, locomo, pg19, recipes, scale, serve, speed, suites  # noqa: E402
 from benchmarks import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
 from templora_memory.generation import Sampling  # noqa: E402
@@ -198,7 +198,7 @@ def test_python_m_benchmarks_lists_every_sub_command():
         [sys.executable, "-m", "benchmarks", "--help"], cwd=common.REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0
-    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "constrain", "speed", "suites")
+    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "batch", "constrain", "speed", "suites")
     assert all(name in done.stdout for name in names)
 
 
@@ -258,6 +258,31 @@ def test_serve_keeps_every_turn_under_concurrent_clients_and_measures_the_http_o
     assert cost["same_replies"] and cost["in_process_s"] > 0 and cost["http_s"] > 0 and cost["http_layer_ms"] > 0
     assert not any(agent.startswith("overhead-") for agent in engine.agent_ids())
     assert "HTTP layer per reply" in serve.table({**result, "overhead": cost})
+
+
+def test_serve_sweeps_clients_with_an_agent_each_and_counts_their_tokens(make_engine):
+    pytest.importorskip("fastapi")
+    from templora_memory.server import ServerSettings
+
+    engine = make_engine(window_tokens=512)
+    rows = serve.sweep(engine, ServerSettings(workers=4, max_queue=8), [1, 2], rounds=2, max_tokens=4, max_seconds=120)
+    assert rows["1"]["times_one_client"] == 1.0 and rows["2"]["tokens_per_s"] > 0
+    assert all(row["memory"]["lost"] == row["memory"]["duplicated"] == 0 for row in rows.values())
+    assert {"sweep1-0", "sweep2-0", "sweep2-1"} <= set(engine.agent_ids())
+
+
+def test_batch_times_agents_decoded_together_and_alone(make_engine):
+    engine = make_engine()
+    prompts = batch.agent_prompts(engine, list(range(5, 400)), agents=2, longest=24)
+    result = batch.decode_rows(engine, prompts, [1, 2], reply_tokens=4, repeats=1)
+    assert result["rows"]["2"]["same_tokens_as_alone"] == "2/2" and result["rows"]["2"]["rows_per_step"] > 1
+    assert result["rows"]["1"]["batched_tokens_per_s"] > 0 and result["rows"]["2"]["base_weights_ms"] > 0
+    beside = batch.beside_writes(engine, prompts, reply_tokens=4, tokens=list(range(5, 37)))
+    assert beside["decode_rounds_beside_write"] >= 1 and beside["write_s_beside_replies"] > 0
+    assert engine.stats("batch-writer-beside").tokens_written == 32
+    run = {"torch_threads": 1, "machine": {"load_average": (0.0, 0.0, 0.0)}}
+    printed = batch.table({"weights": {"fp32": result}, "beside_writes": beside, "run": run})
+    assert "rest ms/row" in printed and "writes beside replies" in printed
 
 
 def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):

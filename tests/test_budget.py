@@ -40,7 +40,7 @@ def play(monkeypatch, tool_memory):
         def generate(model, prompt, sampling, *_, **__):
             yield from itertools.islice(ids, sampling.max_new_tokens)
 
-        monkeypatch.setattr("templora_memory.engine.generate_tokens", generate)
+        monkeypatch.setattr("templora_memory.reply_batch.ReplyBatch.tokens", staticmethod(generate))
 
     return use
 

@@ -83,7 +83,7 @@ def gate(scripted_model, monkeypatch):
             time.sleep(opened.delay)
             yield token
 
-    monkeypatch.setattr("templora_memory.engine.generate_tokens", generate)
+    monkeypatch.setattr("templora_memory.reply_batch.ReplyBatch.tokens", staticmethod(generate))
     return opened
 
 

@@ -34,8 +34,11 @@ class ServerSettings:
 
     api_key: str | None = None
     """Bearer key every request but /health must carry; None: no key (fine on 127.0.0.1 only)."""
-    workers: int = 2
-    """Threads running engine calls (replies, training); one base model, so more rarely helps."""
+    workers: int = 8
+    """Threads running engine calls (replies, training); replies running on different workers at once are decoded
+    in one batch (up to `batch_rows`), and training runs beside them."""
+    batch_rows: int = 8
+    """Replies decoded in one batch at most; the others wait for a place at a token boundary, in arrival order."""
     max_queue: int = 64
     """Requests waiting or running at once; past that, 429 with Retry-After."""
     request_timeout: float = 300.0
@@ -58,6 +61,7 @@ class ServerSettings:
         """Refuse bounds that could never admit work, naming the field."""
         for name in (
             "workers",
+            "batch_rows",
             "max_queue",
             "request_timeout",
             "max_body_bytes",
@@ -134,6 +138,7 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
         """Start the scheduler; on shutdown drain it and commit every resident agent."""
         scheduler = Scheduler(settings.workers, settings.max_queue, settings.sync_write_tokens)
         app.state.service = service = Service(engine, settings, scheduler)
+        engine.replies.max_rows = settings.batch_rows
         scheduler.after = service.keep_writing
         yield
         await app.state.service.scheduler.close()  # running jobs stop at their next chunk or text piece
