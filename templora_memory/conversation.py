@@ -15,6 +15,7 @@ from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from templora_memory.errors import InvalidInputError
+from templora_memory.ledger import Ledger
 from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.tools import ToolSchema, as_text_turns, supports_tools
 
@@ -161,6 +162,10 @@ class PromptWindow:
                 )
         return turns
 
+    def held(self, talk: Conversation) -> list[Turn]:
+        """The turns of `talk` its next prompt would hold (next to its system message)."""
+        return talk.turns[self.start(talk.system, talk.turns) :]
+
     def start(self, system: Sequence[Message], turns: Sequence[Turn], tools: list[ToolSchema] | None = None) -> int:
         """Index of the oldest turn in the window: the prompt, headers and tools included, fits in L_X."""
         # a first guess from the fixed overhead; the loop below is exact
@@ -198,6 +203,8 @@ class Conversation:
     `ARCHIVE_KEPT`, up to a batch more."""
     archive_cut: int = 0
     """Turns cut from the archive's front so far (hybrid recall indexes the archive anew when it moves)."""
+    ledger: Ledger = field(default_factory=Ledger)
+    """Every turn and absorbed text received, with ids, oldest first (bounded: see `templora_memory.ledger`)."""
 
     def __post_init__(self) -> None:
         self.seen = max(self.seen, len(self.fingerprints))
@@ -237,6 +244,12 @@ class Conversation:
         self.seen += 1
         trimmed(self.fingerprints, FINGERPRINTS_KEPT)
         self.pending.extend(turn.tokens)
+        self.ledger.add_turn(turn)
+
+    def add_text(self, tokens: list[int]) -> None:
+        """Receive an absorbed text's tokens: they join the pending stream (and the ledger)."""
+        self.pending.extend(tokens)
+        self.ledger.add_text(tokens)
 
     def pending_messages(self, n_tokens: int) -> list[Message]:
         """The messages whose tokens overlap the first `n_tokens` pending tokens (what the next chunk says)."""
@@ -257,8 +270,12 @@ class Conversation:
     def mark_written(self, n_tokens: int, train_context_tokens: int) -> list[int]:
         """Move the first `n_tokens` pending tokens to the written stream (keeping its last L_T); returns them."""
         chunk, self.pending = self.pending[:n_tokens], self.pending[n_tokens:]
-        self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
+        self.keep_context(chunk, train_context_tokens)
         return chunk
+
+    def keep_context(self, chunk: list[int], train_context_tokens: int) -> None:
+        """After `chunk` is written, keep the last L_T written tokens as the next chunk's training input."""
+        self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
 
     def _first_pending_turn(self) -> int:
         """Index of the oldest turn with a token still pending (`len(turns)` when none is)."""
@@ -309,6 +326,13 @@ def split_system(messages: Sequence[Message]) -> tuple[list[Message], list[Messa
     if len(system) > 1:
         system = [{"role": "system", "content": "\n\n".join(str(m["content"]) for m in system)}]
     return system, turns
+
+
+def check_text(text: object) -> str:
+    """A text to absorb must be a non-empty string."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError("absorb() needs a non-empty string of text to write into the agent's memory")
+    return text
 
 
 def check_messages(messages: object) -> None:

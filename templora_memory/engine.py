@@ -32,22 +32,28 @@ from templora_memory.conversation import (
     ChatRenderer,
     PromptWindow,
     check_messages,
+    check_text,
     said_by_assistant,
     split_system,
     window_start,
 )
+from templora_memory.corrections import Corrections, Forgotten
 from templora_memory.decoding import decoder_for
 from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits, generate_tokens
 from templora_memory.kv_cache import PromptCache, RopeShift
+from templora_memory.ledger import LedgerTurn
 from templora_memory.loading import load_model
 from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.offer import ToolOffer
+from templora_memory.readout import Readout, Recall
+from templora_memory.rebuild import Rebuilder
 from templora_memory.recall import HybridRecall
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.residency import Residency, check_max_resident
+from templora_memory.snapshots import Snapshots
 from templora_memory.store import AgentStore, open_store
 from templora_memory.synthetic import QuestionWriter
 from templora_memory.tools import ToolSchema
@@ -85,17 +91,8 @@ class MemoryEngine:
         self._window = PromptWindow(self.renderer, self.config.window_tokens)
         self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
-        self.store = open_store(store, spill=max_resident is not None)  # a temporary one holds evicted agents
-        shift = RopeShift.of(base) if self.config.attention_sinks else None
-        self._residency = Residency(
-            self.bank, self.config, self.model_name, self.renderer, self._model_lock, self.store, max_resident, shift
-        )
-        teachers = Teachers(
-            QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions),
-            ProbeTeacher(self.renderer, self.config, self.eos_ids),
-        )
-        writer_parts = (self.bank, self.config, self._model_lock, teachers, self._residency.commit)
-        self._writer = ParallelWriter(*writer_parts, replica) if replica is not None else ChunkWriter(*writer_parts)
+        parts = _memory_parts(self, base, open_store(store, spill=max_resident is not None), max_resident, replica)
+        self.store, self._residency, self._writer, self._rebuilds, self._corrections, self._readout = parts
 
     @property
     def max_resident(self) -> int | None:
@@ -137,14 +134,26 @@ class MemoryEngine:
         """The turns the agent's next prompt would hold (sized next to its system message, which is not returned)."""
         self._residency.require(agent_id)
         with self._residency.locked(agent_id) as state:
-            talk = state.conversation
-            return [turn.message for turn in talk.turns[self._window.start(talk.system, talk.turns) :]]
+            return [turn.message for turn in self._window.held(state.conversation)]
 
     def unseen(self, agent_id: str, messages: Sequence[Message]) -> list[Message]:
         """Messages (by content) not among the agent's last FINGERPRINTS_KEPT turns: an older turn reads as unseen."""
         with self._residency.locked(agent_id) as state:
             seen = set(state.conversation.fingerprints)
         return [m for m in messages if fingerprint(m) not in seen]
+
+    def turns(self, agent_id: str, after: int | None = None, limit: int | None = None) -> list[LedgerTurn]:
+        """The agent's ledger (every turn and absorbed text it was told), oldest first: `limit` after the id `after`."""
+        return self._corrections.turns(agent_id, after, limit)
+
+    def forget_turns(self, agent_id: str, turn_ids: Sequence[int] = (), matching: str | None = None) -> Forgotten:
+        """Forget turns (by id, or whose text contains `matching`): out of window, archive, ledger and store at once;
+        the adapter is rebuilt without them in the background, unused until then (`templora_memory.rebuild`)."""
+        return self._corrections.forget_turns(agent_id, turn_ids, matching)
+
+    def recalls(self, agent_id: str, limit: int = 16) -> list[Recall]:
+        """The user's newest `limit` statements asked of the adapter alone: answered, likely or lost (`readout`)."""
+        return self._readout.recalls(agent_id, limit)
 
     # ----- persistence --------------------------------------------------------------------
 
@@ -157,8 +166,9 @@ class MemoryEngine:
         return self._residency.release(agent_id, self._writer.settle)
 
     def close(self) -> None:
-        """Release every agent in RAM (committed, leases given back), each one that can be even if others fail
-        (then `StoreError` names them); the engine stays usable."""
+        """Stop rebuilds after their chunk under way, and release every agent in RAM (committed, leases given back),
+        each one that can be even if others fail (then `StoreError` names them); the engine stays usable."""
+        self._rebuilds.stop()
         if failed := self._residency.release_all(self._writer.settle):
             raise StoreError(f"{len(failed)} agent(s) could not be committed and released: {failed}")
 
@@ -180,15 +190,13 @@ class MemoryEngine:
 
     def absorb(self, agent_id: str, text: str, progress: bool = True) -> AgentStats:
         """Pre-train the agent's adapter on a long text before (or between) turns (Algorithm 1, lines 1–3)."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError("absorb() needs a non-empty string of text to write into the agent's memory")
-        return self.write_tokens(agent_id, self.encode(text), progress)
+        return self.write_tokens(agent_id, self.encode(check_text(text)), progress)
 
     def write_tokens(self, agent_id: str, ids: Sequence[int], progress: bool = False) -> AgentStats:
         """Write token ids into the agent's adapter in chunks of Δ, each with the L_T tokens before it."""
         with self._residency.writing(agent_id) as state:
             self._writer.settle(state, wait=True)
-            state.conversation.pending.extend(int(i) for i in ids)
+            state.conversation.add_text([int(i) for i in ids])
             self._residency.commit(state)  # the text is safe on disk before training starts
             self._writer.write_all(state, progress)
             return state.stats()
@@ -210,11 +218,9 @@ class MemoryEngine:
         stop: Sequence[str] = (),
         offer: ToolOffer | None = None,
     ) -> ReplyStream:
-        """Write the new turns, prompt with the window, and stream the reply; the finished reply is remembered.
-
-        An `offer` (see `templora_memory.offer`) puts tools in the prompt, parses the reply for calls the way
-        the chat template defines (see `templora_memory.tools`), and may constrain it to a grammar.
-        """
+        """Write the new turns, prompt with the window, and stream the reply; the finished reply is remembered. An
+        `offer` (`templora_memory.offer`) puts tools in the prompt, parses calls as the template defines, and may
+        constrain the reply to a grammar."""
         check_messages(messages)
         check_agent_id(agent_id)
         offer = offer or ToolOffer()
@@ -241,8 +247,8 @@ class MemoryEngine:
     ) -> list[float]:
         """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none.
         `cache`: a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`)."""
-        with self._residency.reading(agent_id, cache) as cache:
-            with self._model_lock, self.bank.active(agent_id) as model:
+        with self._residency.reading(agent_id, cache) as (cache, adapter):
+            with self._model_lock, self.bank.active(adapter) as model:
                 logits = continuation_logits(model, prompt, continuation, cache)  # (C, V)
         logprobs = torch.log_softmax(logits, dim=-1)
         return logprobs.gather(1, torch.tensor(continuation, device=logprobs.device)[:, None]).squeeze(1).tolist()
@@ -322,7 +328,7 @@ class MemoryEngine:
             budget = budgeted(sampling, markup, self.context_tokens - len(prompt), said_by_assistant(turns))
             tool_template = self.tokenizer.chat_template if offer.tools else False
             cache = self._residency.own_cache(state)
-            reply = yield from self._generate(agent_id, prompt, budget, stop, cache, constraint, tool_template)
+            reply = yield from self._generate(state.adapter(), prompt, budget, stop, cache, constraint, tool_template)
             check_complete(reply, constraint, sampling.max_new_tokens, markup)  # a cut-off call is never remembered
             remembered = self._window.render([reply.message()], state.conversation.last_message)
             self._residency.journal(state, remembered)
@@ -339,8 +345,8 @@ class MemoryEngine:
         cache: PromptCache | None,
     ) -> Generator[str, None, Reply]:
         """The generation `stream_completion` streams: nothing is written."""
-        with self._residency.reading(agent_id, cache) as cache:
-            return (yield from self._generate(agent_id, prompt, sampling, stop, cache, constraint, False))
+        with self._residency.reading(agent_id, cache) as (cache, adapter):
+            return (yield from self._generate(adapter, prompt, sampling, stop, cache, constraint, False))
 
     def _generate(
         self,
@@ -357,6 +363,39 @@ class MemoryEngine:
             tokens = generate_tokens(model, prompt, sampling, self.eos_ids, cache, constraint)
             limits = dict(stop=stop, max_new_tokens=sampling.max_new_tokens, prompt_tokens=len(prompt))
             return (yield from decode_reply(tokens, self.tokenizer, **limits, tool_template=tool_template))
+
+
+def _memory_parts(
+    engine: MemoryEngine,
+    base: PreTrainedModel,
+    store: AgentStore | None,
+    max_resident: int | None,
+    replica: PreTrainedModel | None,
+) -> tuple[AgentStore | None, Residency, ChunkWriter, Rebuilder, Corrections, Readout]:
+    """What keeps the engine's agents: the store (a temporary one holds evicted agents when none was given), their
+    residency in RAM, the writer (cascaded, or parallel on the `replica`; a snapshot taken after each chunk's commit
+    when one is due), the rebuilder of adapters that forgot turns, the ledger's corrections and the readout of what
+    adapters recall."""
+    shift = RopeShift.of(base) if engine.config.attention_sinks else None  # attention sinks rotate cached keys
+    residency = Residency(
+        engine.bank, engine.config, engine.model_name, engine.renderer, engine._model_lock, store, max_resident, shift
+    )
+    teachers = Teachers(
+        QuestionWriter(engine.tokenizer, engine.renderer, engine.eos_ids, engine.config.synthetic_questions),
+        ProbeTeacher(engine.renderer, engine.config, engine.eos_ids),
+    )
+    snapshots = Snapshots(engine.bank, engine.config, engine._model_lock, store)
+
+    def commit(state: AgentState) -> None:
+        residency.commit(state)
+        snapshots.take_if_due(state)
+
+    parts = (engine.bank, engine.config, engine._model_lock, teachers, commit)
+    writer = ParallelWriter(*parts, replica) if replica is not None else ChunkWriter(*parts)
+    rebuilder = Rebuilder(writer, snapshots, residency, engine.renderer, engine.config)
+    residency.loaded, writer.catch_up = rebuilder.resume, rebuilder.finish
+    readout = Readout(residency, engine.renderer, engine.encode, engine.log_likelihood, engine.stream_completion)
+    return store, residency, writer, rebuilder, Corrections(residency, writer, rebuilder), readout
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:
