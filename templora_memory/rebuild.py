@@ -11,8 +11,10 @@ its snapshot; stopping the engine waits for the chunk under way (at most `REBUIL
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -28,6 +30,8 @@ from templora_memory.writing import ChunkWriter, claim
 log = logging.getLogger("templora_memory")
 REBUILD_STOP_SECONDS = 60.0
 """How long stopping the engine waits for the rebuild chunk under way (what is left resumes on the next load)."""
+_REBUILDERS: weakref.WeakSet[Rebuilder] = weakref.WeakSet()
+"""Every rebuilder of this process, stopped at its exit (a thread killed inside torch aborts the process)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class Rebuilder:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._halt = threading.Event()
+        _REBUILDERS.add(self)
 
     def start(self, state: AgentState, copy: Copy, start: Anchor) -> None:
         """Restore the adapter from the snapshot `copy` (anchored at `start`) and plan training the stream after it
@@ -180,3 +185,10 @@ class Rebuilder:
             rebuild.stream = render_stream(talk.ledger, self.renderer, rebuild.start, end)
             rebuild.total = len(rebuild.stream.tokens)
         return rebuild.stream
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At the interpreter's exit, stop every rebuild after its chunk under way (it resumes on the next load)."""
+    for rebuilder in list(_REBUILDERS):
+        rebuilder.stop()
