@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         cost,
         device,
         footprint,
+        forget,
         locomo,
         pg19,
         recall,
@@ -46,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, constrained decoding, speed, suites",
+        description="PG19, LoCoMo, needle recall, forgetting, recipes, cost, scale, serving, constrained decoding, "
+        "speed, suites",
     )
-    modules = (pg19, locomo, recall, recipes, cost, write, scale, footprint, device, serve, constrain, speed, suites)
+    modules = (pg19, locomo, recall, forget, recipes, cost, write, scale, footprint, device, serve, constrain)
+    modules += (speed, suites)
     names = ",".join(module.__name__.rpartition(".")[2] for module in modules)
     commands = parser.add_subparsers(dest="bench", required=True, metavar="{" + names + "}")
     for module in modules:

@@ -22,6 +22,8 @@ ORIGIN = "origin"
 """The snapshot every adapter starts from (B = 0: the base model), usable while the ledger holds the whole stream."""
 TEXT_ROLE = "text"
 """The role of an absorbed text's entry (`MemoryEngine.absorb`)."""
+KEPT = 2048
+"""Entries a ledger keeps unless told otherwise (`TempLoraConfig.ledger_turns`)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class Ledger:
     snapshots: list[Anchor] = field(default_factory=list)
     """Anchors of the stored snapshots, oldest first."""
     rebuild: Rebuild | None = None
+    kept: int = field(default=KEPT, compare=False)
+    """Entries kept (`ledger_turns`; set by the engine, not stored): past it, the oldest are compacted away."""
 
     def add_turn(self, turn: Turn) -> None:
         """Record a turn received (its tokens are the stream's newest)."""
@@ -111,6 +115,7 @@ class Ledger:
     def _add(self, role: str, message: Message | None, tokens: tuple[int, ...] | None, size: int) -> None:
         self.entries.append(Entry(self.next_id, time.time(), role, message, tokens, size))
         self.next_id += 1
+        self.compact(self.kept)
 
     def compact(self, kept: int) -> int:
         """Drop the oldest entries once more than `kept` + `kept` // 4 are held, back to `kept` (never one a rebuild

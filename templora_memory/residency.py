@@ -256,9 +256,8 @@ class Residency:
             self.store.journal(store_key(state.agent_id), seen + offset, turn.message)
 
     def commit(self, state: AgentState, weights: bool = False, purge: bool = False) -> None:
-        """Persist the agent; its weights only when trained since the last commit (or when asked). Its ledger is
-        compacted first. `purge`: keep no earlier version (a forgotten turn must leave the store)."""
-        state.conversation.ledger.compact(self.config.ledger_turns)
+        """Persist the agent; its weights only when trained since the last commit (or when asked). `purge`: keep no
+        earlier version (a forgotten turn must leave the store)."""
         if self.store is None:
             return
         record = {"format_version": FORMAT_VERSION, "model": self.model_name, "config": self.config.model_dump()}
@@ -332,6 +331,7 @@ class Residency:
             except Exception:
                 self.bank.delete(agent_id)
                 raise
+        state.conversation.ledger.kept = self.config.ledger_turns  # a restored one's was set before its journal
         if stored is None:
             self.commit(state)  # a new agent is listed by the store at once
         else:
@@ -341,6 +341,7 @@ class Residency:
     def _restore(self, agent_id: str, stored: StoredAgent) -> AgentState:
         """The agent as last committed, plus the turns journaled after that commit (written at its next write)."""
         state = _from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
+        state.conversation.ledger.kept = self.config.ledger_turns  # before the journal's turns join it
         where = self.store.locate(store_key(agent_id))
         if stored.weights is not None:
             try:
