@@ -157,57 +157,61 @@ def correction(engine: MemoryEngine, index: int, config, options) -> dict[str, A
 
 
 def summarize(deletions: list[dict], cases: list[dict]) -> dict[str, Any]:
-    """Means over the conversations and cases, with paired differences for the deleted fact's NLL."""
+    """Sums and means over the conversations and the correction cases."""
     nll = {k: [d["nll"][k] for d in deletions] for k in ("before", "after", "control")}
-    seconds = {k: [d["rebuild"][k] for d in deletions] for k in ("snapshots", "no_snapshots")}
-    after_minus_control = [a - c for a, c in zip(nll["after"], nll["control"], strict=True)]
+    rebuilds = {k: [d["rebuild"][k] for d in deletions] for k in ("snapshots", "no_snapshots")}
     return {
-        "deleted_nll": {k: round(statistics.fmean(v), 3) for k, v in nll.items()} if deletions else {},
-        "after_minus_control": [round(d, 3) for d in after_minus_control],
-        "others_hits": {k: sum(d["others"][k] for d in deletions) for k in ("before", "after")} if deletions else {},
+        "deleted_nll_mean": {k: round(statistics.fmean(v), 3) for k, v in nll.items() if v},
+        "after_minus_control": [round(a - c, 3) for a, c in zip(nll["after"], nll["control"], strict=True)],
+        "deleted_hits": {k: sum(d["hit"][k] for d in deletions) for k in ("before", "after")},
+        "others_hits": {k: sum(d["others"][k] for d in deletions) for k in ("before", "after")},
         "others_questions": sum(d["others"]["questions"] for d in deletions),
-        "rebuild_s_per_1k_history": {
-            k: round(1000 * sum(r["seconds"] for r in v) / max(1, sum(r["history_tokens"] for r in v)), 2)
-            for k, v in seconds.items()
-        },
+        "rebuild": {k: _rebuild_cost(v) for k, v in rebuilds.items()},
         "corrections": {
-            condition: {
-                "new": sum(c[condition]["new"]["exact"] for c in cases),
-                "old": sum(c[condition]["old"]["exact"] for c in cases),
-            }
+            condition: {value: sum(c[condition][value]["exact"] for c in cases) for value in ("new", "old")}
             for condition in ("in_context", "adapter", "edit")
-        }
-        if cases
-        else {},
+        },
         "cases": len(cases),
     }
 
 
 def report(result: dict[str, Any]) -> str:
-    """The printed tables: per deletion, the summary, and per correction case."""
+    """The printed tables: per deletion, per correction case, and the sums."""
     lines = [
-        "| scenario | fact (chunks back) | NLL before | after rebuild | control | others' hits before/after "
-        "| rebuild s (tokens), snapshots | no snapshots | history tokens |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | fact (chunks back) | NLL before | after rebuild | control | hit before/after | others' hits "
+        "before/after | rebuild s (tokens), snapshots | no snapshots | history tokens |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for d in result["deletions"]:
         fact, nll, snap, plain = d["fact"], d["nll"], d["rebuild"]["snapshots"], d["rebuild"]["no_snapshots"]
         lines.append(
             f"| {d['scenario']} | {fact['kind']} {fact['value']!r} ({fact['chunks_back']}) | {nll['before']:.3f} "
-            f"| {nll['after']:.3f} | {nll['control']:.3f} | {d['others']['before']}/{d['others']['after']} of "
-            f"{d['others']['questions']} | {snap['seconds']:.1f} ({snap['tokens']}) | {plain['seconds']:.1f} "
-            f"({plain['tokens']}) | {snap['history_tokens']} |"
+            f"| {nll['after']:.3f} | {nll['control']:.3f} | {int(d['hit']['before'])}/{int(d['hit']['after'])} "
+            f"| {d['others']['before']}/{d['others']['after']} of {d['others']['questions']} | {snap['seconds']:.1f} "
+            f"({snap['tokens']}) | {plain['seconds']:.1f} ({plain['tokens']}) | {snap['history_tokens']} |"
         )
-    lines += ["", f"summary: {result['summary']}", ""]
-    lines.append(
-        "| correction | old → new | ceiling new/old | adapter new/old | after edit new/old | NLL new, adapter/edit |"
-    )
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: |")
+    lines += ["", "| correction | old → new | ceiling new/old | adapter new/old | after edit new/old | NLL new, "
+              "ceiling/adapter/edit |", "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for c in result["corrections"]:
         cells = [f"{int(c[k]['new']['exact'])}/{int(c[k]['old']['exact'])}" for k in ("in_context", "adapter", "edit")]
-        nll = f"{c['adapter']['new']['nll']:.3f} / {c['edit']['new']['nll']:.3f}"
+        nll = " / ".join(f"{c[k]['new']['nll']:.3f}" for k in ("in_context", "adapter", "edit"))
         lines.append(f"| {c['kind']} | {c['old']} → {c['new']} | {' | '.join(cells)} | {nll} |")
+    summary = result["summary"]
+    lines += ["", *(f"{key}: {value}" for key, value in summary.items())]
     return "\n".join(lines)
+
+
+def _rebuild_cost(rebuilds: list[dict]) -> dict[str, Any]:
+    """Seconds and tokens over the rebuilds, and seconds per 1K tokens of history and per 1K tokens retrained."""
+    seconds, tokens = sum(r["seconds"] for r in rebuilds), sum(r["tokens"] for r in rebuilds)
+    history = sum(r["history_tokens"] for r in rebuilds)
+    return {
+        "seconds": round(seconds, 1),
+        "tokens_retrained": tokens,
+        "history_tokens": history,
+        "s_per_1k_history": round(1000 * seconds / max(1, history), 1),
+        "s_per_1k_retrained": round(1000 * seconds / max(1, tokens), 1),
+    }
 
 
 def _forget(engine: MemoryEngine, scenario: Scenario, told: list[dict]) -> dict[str, Any]:

@@ -99,7 +99,7 @@ class Rebuilder:
         self.snapshots.restore(state, copy)
         ledger = state.conversation.ledger
         ledger.rebuild = Rebuild(start, total=0)
-        ledger.rebuild.total = len(self._stream(state).tokens)
+        self._stream(state)  # measures it
         state.kv = None  # states the old adapter computed
         if not ledger.rebuild.total:
             ledger.rebuild = None
@@ -163,7 +163,8 @@ class Rebuilder:
                 agent_id = self._waiting.popleft()
             if self._advance(agent_id):
                 with self._lock:
-                    self._waiting.append(agent_id)
+                    if agent_id not in self._waiting:
+                        self._waiting.append(agent_id)
 
     def _advance(self, agent_id: str) -> bool:
         """One chunk of the agent's rebuild if it is in RAM (else it resumes on its next load); whether more is left."""

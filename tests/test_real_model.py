@@ -147,3 +147,46 @@ def test_the_default_model_decodes_in_int4_close_to_fp32(real_engine):
     kl = (rows["fp32"].exp() * (rows["fp32"] - rows["int4"])).sum(-1).mean()
     agree = (rows["fp32"].argmax(-1) == rows["int4"].argmax(-1)).float().mean()
     assert kl < 0.005 and agree >= 0.95
+
+
+def test_a_forgotten_fact_leaves_the_adapter_on_the_default_model(real_engine):
+    """Issue 27 on the default model and its chat template: the password told once and written into the adapter;
+    after `forget_turns` and the rebuild the ledger, the window and the readout no longer hold it, and the adapter
+    no longer makes the answer likelier than the window alone does."""
+    system = {"role": "system", "content": "You are Bram, the innkeeper. Answer briefly."}
+    told = {"role": "user", "content": "Keep this secret: the cellar password is copperfish."}
+    talk = [
+        {"role": ("user", "assistant")[i % 2], "content": line}
+        for i, line in enumerate(
+            [
+                "What is on the menu tonight?",
+                "Barley soup, fresh bread and roast turnips.",
+                "Is the road to the mountains safe these days?",
+                "Safe enough by day. Keep to the main road.",
+                "Have you heard any news from the capital?",
+                "Only rumours of new taxes, as always.",
+                "Who is the old man sitting by the fire?",
+                "That is Aldo. He tells stories for a cup of ale.",
+            ]
+        )
+    ]
+    try:
+        real_engine.add_turns("forgets", [system, told, {"role": "assistant", "content": "Noted."}, *talk])
+        real_engine.wait("forgets")
+        ask = {"role": "user", "content": "Which word opens the cellar door?"}
+        prompt = real_engine.render_prompt([system], [*real_engine.window("forgets"), ask])
+        prompt += real_engine.encode("The cellar password is")
+        answer = real_engine.encode(" copperfish")
+        nll = lambda who: -sum(real_engine.log_likelihood(who, prompt, answer))  # noqa: E731
+        window, told_nll = nll(None), nll("forgets")
+        assert [r.span for r in real_engine.recalls("forgets")] == ["is copperfish"]  # the rule: its last words
+        forgotten = real_engine.forget_turns("forgets", matching="copperfish")
+        real_engine.wait("forgets")
+        forgot_nll = nll("forgets")
+        print(f"answer NLL: window only {window:.2f}, told {told_nll:.2f}, after forgetting {forgot_nll:.2f}")
+        assert forgotten.rebuilt_from == "origin" and forgotten.rebuild_tokens > 0
+        assert all("copperfish" not in t.content for t in real_engine.turns("forgets"))
+        assert real_engine.recalls("forgets") == [] and not real_engine.stats("forgets").rebuilding
+        assert told_nll < window - 2.0 and forgot_nll > told_nll + 2.0
+    finally:
+        real_engine.forget("forgets")
