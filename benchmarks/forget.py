@@ -127,6 +127,8 @@ def deletion(snap: MemoryEngine, plain: MemoryEngine, scenario: Scenario, option
             "questions": len(others),
             "before": sum(before[q]["exact"] for q in others),
             "after": sum(after[q]["exact"] for q in others),
+            "nll_before": [before[q]["nll"] for q in others],
+            "nll_after": [after[q]["nll"] for q in others],
         },
         "rebuild": {"snapshots": rebuilt, "no_snapshots": from_start},
     }
@@ -179,15 +181,16 @@ def report(result: dict[str, Any]) -> str:
     """The printed tables: per deletion, per correction case, and the sums."""
     lines = [
         "| scenario | fact (chunks back) | NLL before | after rebuild | control | hit before/after | others' hits "
-        "before/after | rebuild s (tokens), snapshots | no snapshots | history tokens |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "before/after | others' NLL before/after | rebuild s (tokens), snapshots | no snapshots | history tokens |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for d in result["deletions"]:
         fact, nll, snap, plain = d["fact"], d["nll"], d["rebuild"]["snapshots"], d["rebuild"]["no_snapshots"]
         lines.append(
             f"| {d['scenario']} | {fact['kind']} {fact['value']!r} ({fact['chunks_back']}) | {nll['before']:.3f} "
             f"| {nll['after']:.3f} | {nll['control']:.3f} | {int(d['hit']['before'])}/{int(d['hit']['after'])} "
-            f"| {d['others']['before']}/{d['others']['after']} of {d['others']['questions']} | {snap['seconds']:.1f} "
+            f"| {d['others']['before']}/{d['others']['after']} of {d['others']['questions']} "
+            f"| {_nlls(d['others']['nll_before'])} / {_nlls(d['others']['nll_after'])} | {snap['seconds']:.1f} "
             f"({snap['tokens']}) | {plain['seconds']:.1f} ({plain['tokens']}) | {snap['history_tokens']} |"
         )
     lines += ["", "| correction | old → new | ceiling new/old | adapter new/old | after edit new/old | NLL new, "
@@ -199,6 +202,10 @@ def report(result: dict[str, Any]) -> str:
     summary = result["summary"]
     lines += ["", *(f"{key}: {value}" for key, value in summary.items())]
     return "\n".join(lines)
+
+
+def _nlls(values: list[float]) -> str:
+    return ", ".join(f"{value:.3f}" for value in values)
 
 
 def _rebuild_cost(rebuilds: list[dict]) -> dict[str, Any]:
