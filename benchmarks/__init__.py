@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         cost,
         device,
         footprint,
+        forget,
         locomo,
         pg19,
         recall,
@@ -53,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="PG19, LoCoMo, needle recall, recipes, cost, scale, serving, batched decoding, "
+        description="PG19, LoCoMo, needle recall, forgetting, recipes, cost, scale, serving, batched decoding, "
         "constrained decoding, speed, suites",
     )
     modules = (
-        *(pg19, locomo, recall, recipes, cost, write, scale, footprint),
+        *(pg19, locomo, recall, forget, recipes, cost, write, scale, footprint),
         *(device, serve, busy, batch, constrain, speed, suites),
     )
     names = ",".join(module.__name__.rpartition(".")[2] for module in modules)

@@ -88,7 +88,7 @@ def build_scenario(
     kinds = rng.sample(SPLITS[split], len(distances))
     talk = list(SMALL_TALK)
     rng.shuffle(talk)
-    filler = _filler(talk, rng)
+    filler = small_talk(talk, rng)
     messages: list[Message] = []
     facts = []
     ordered = sorted(distances, reverse=True)
@@ -97,7 +97,7 @@ def build_scenario(
         messages += exchange
         nearer = ordered[position + 1] if position + 1 < len(ordered) else 0
         target = (back - nearer) * chunk_tokens + (window_tokens if nearer == 0 else 0)
-        messages += _fill(filler, target, count_tokens)
+        messages += fill(filler, target, count_tokens)
         telling = " / ".join(m["content"] for m in exchange)
         for ask in kind.asks:
             question = rng.choice(ask.questions)
@@ -115,7 +115,7 @@ def _telling(kind: FactKind, rng: random.Random) -> tuple[list[Message], tuple[s
     return [{"role": "user", "content": user.format(**slots)}, {"role": "assistant", "content": npc_line}], values
 
 
-def _filler(talk: list[tuple[str, str]], rng: random.Random):
+def small_talk(talk: list[tuple[str, str]], rng: random.Random):
     """An endless stream of small-talk exchanges, each line varied by a running number so no two are identical."""
     round_ = 0
     while True:
@@ -125,7 +125,7 @@ def _filler(talk: list[tuple[str, str]], rng: random.Random):
         rng.shuffle(talk)
 
 
-def _fill(filler, tokens: int, count_tokens: Callable[[list[Message]], int]) -> list[Message]:
+def fill(filler, tokens: int, count_tokens: Callable[[list[Message]], int]) -> list[Message]:
     """Small-talk exchanges adding up to at least `tokens` tokens."""
     out: list[Message] = []
     while count_tokens(out) < tokens:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         StoreUnavailableError,
         TemploraError,
         UnknownAgentError,
+        UnknownTurnError,
     )
     from templora_memory.history import AgentChatHistory
     from templora_memory.store import AgentStore
@@ -46,6 +47,7 @@ __all__ = [
     "TempLoraConfig",
     "TemploraError",
     "UnknownAgentError",
+    "UnknownTurnError",
 ]
 _HOMES = {"AgentChatHistory": "history", "AgentStats": "agent", "AgentStore": "store", "MemoryEngine": "engine"}
 _HOMES |= {"ParametricMemory": "chat_model", "TempLoraConfig": "config"}

@@ -61,17 +61,20 @@ class AdapterBank:
         """
         if agent_id in self._names:
             raise TemploraError(f"agent '{agent_id}' already has an adapter")
-        name = self._free.pop() if self._free else self._create_slot()
+        self._names[agent_id] = self._free.pop() if self._free else self._create_slot()
+        self.reset(agent_id, seed)
+
+    def reset(self, agent_id: str, seed: int) -> None:
+        """Put the agent's adapter back where a new one starts: LoRA A drawn from `seed`, B zero (the base model)."""
         generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same start on every device
         with torch.no_grad():
-            for key, parameter in self._slot_parameters(name):
+            for key, parameter in self._slot_parameters(self._names[agent_id]):
                 if ".lora_A." in key:
                     drawn = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu")
                     torch.nn.init.kaiming_uniform_(drawn, a=math.sqrt(5), generator=generator)  # peft's init
                     parameter.copy_(drawn)
                 else:
                     parameter.zero_()
-        self._names[agent_id] = name
 
     def delete(self, agent_id: str, release: bool = True) -> None:
         """Take the agent's adapter away; `release=False` keeps its slot for the next agent instead of freeing it."""

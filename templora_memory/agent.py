@@ -15,6 +15,7 @@ from templora_memory.conversation import Conversation
 from templora_memory.distill import TaughtProbe
 from templora_memory.errors import InvalidInputError
 from templora_memory.kv_cache import PromptCache
+from templora_memory.ledger import Ledger
 from templora_memory.message import Message, Turn, fingerprint
 from templora_memory.recall import BM25Index
 from templora_memory.synthetic import QAPair
@@ -63,6 +64,11 @@ class AgentStats(BaseModel):
     """Tokens whose states attention sinks evicted instead of recomputing the window (`attention_sinks`)."""
     kv_cache_bytes: int | None = None
     """RAM held by the agent's KV cache (`cache_reuse`; None without it)."""
+    rebuilding: bool = False
+    """True while the adapter is trained again without turns forgotten (`forget_turns`); until it ends, replies read
+    the window and hybrid recall only, never the adapter, and new turns wait pending."""
+    rebuild_tokens_left: int = 0
+    """Tokens the rebuild under way has still to train."""
 
     @property
     def window_tokens(self) -> int:
@@ -150,6 +156,8 @@ class AgentState:
     """Hybrid recall's index of the archive, grown as turns are archived (RAM only: rebuilt after a restart)."""
     job: ChunkJob | None = None
     """The chunk training in the background (parallel deployment), if any."""
+    snapshot_files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    """The adapter's snapshots' files by name, for an engine without a store (with one, they are in the store)."""
     users: int = 0
     """Calls running inside the agent's lock; an agent in use is never evicted."""
     evicted: bool = False
@@ -169,6 +177,7 @@ class AgentState:
             "system": talk.system,
             "archive": talk.archive,
             "archive_cut": talk.archive_cut,
+            "ledger": talk.ledger.record(),
             "counters": {name: getattr(self, name) for name in _COUNTERS},
         }
 
@@ -189,11 +198,23 @@ class AgentState:
         state = cls(agent_id, conversation=talk)
         for name in _COUNTERS:  # a counter added after the record was written keeps its default
             setattr(state, name, record["counters"].get(name, getattr(state, name)))
+        fresh = not talk.pending and not state.tokens_written  # an agent stored before ledgers: was it ever told?
+        talk.ledger = Ledger.from_record(record.get("ledger"), fresh)
         state.saved_steps = state.steps
         return state
 
+    @property
+    def rebuilding(self) -> bool:
+        """Whether the adapter is being trained again without forgotten turns (`templora_memory.rebuild`)."""
+        return self.conversation.ledger.rebuild is not None
+
+    def adapter(self) -> str | None:
+        """The adapter replies read: the agent's own, or none (None) while it is rebuilt, never the old one."""
+        return None if self.rebuilding else self.agent_id
+
     def stats(self) -> AgentStats:
         """A snapshot of the counters users inspect."""
+        rebuild = self.conversation.ledger.rebuild
         return AgentStats(
             agent_id=self.agent_id,
             turns_seen=self.conversation.seen,
@@ -205,6 +226,8 @@ class AgentState:
             train_seconds=round(self.train_seconds, 3),
             questions_written=self.questions_written,
             training=self.job is not None,
+            rebuilding=rebuild is not None,
+            rebuild_tokens_left=rebuild.total - rebuild.done if rebuild is not None else 0,
             **(self.kv.stats() if self.kv is not None else {}),
         )
 

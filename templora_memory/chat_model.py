@@ -33,13 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import ANY_OBJECT, closed, json_grammar
+from templora_memory.corrections import Forgotten
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.history import AgentChatHistory
 from templora_memory.langchain_messages import from_template, to_template
+from templora_memory.ledger import LedgerTurn
 from templora_memory.offer import ToolOffer, is_required, offered_tools
 from templora_memory.options import SAMPLING, call_sampling, check_engine_options, settled
+from templora_memory.readout import Recall
 from templora_memory.replies import Reply, Stopped, pump
 from templora_memory.tools import required_call_grammar
 
@@ -165,6 +168,18 @@ class ParametricMemory(BaseChatModel):
     def forget(self, agent_id: str) -> bool:
         """Destroy the agent's adapter and window; returns False if the agent had no memory."""
         return self._engine.forget(agent_id)
+
+    def turns(self, agent_id: str, after: int | None = None, limit: int | None = None) -> list[LedgerTurn]:
+        """Every turn (and absorbed text) the agent was told, with ids, oldest first (see `MemoryEngine.turns`)."""
+        return self._engine.turns(agent_id, after, limit)
+
+    def forget_turns(self, agent_id: str, turn_ids: Sequence[int] = (), matching: str | None = None) -> Forgotten:
+        """Forget turns for good; the adapter is rebuilt without them (see `MemoryEngine.forget_turns`)."""
+        return self._engine.forget_turns(agent_id, turn_ids, matching)
+
+    def recalls(self, agent_id: str, limit: int = 16) -> list[Recall]:
+        """The user's statements asked of the agent's adapter alone, scored (see `MemoryEngine.recalls`)."""
+        return self._engine.recalls(agent_id, limit)
 
     def stats(self, agent_id: str | None = None) -> AgentStats:
         """Counters of the agent's memory: tokens written, chunks trained, last loss, window size.

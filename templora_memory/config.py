@@ -136,6 +136,16 @@ class TempLoraConfig(BaseSettings):
     """Store the AdamW moments with the adapter (twice its fp32 size), so training after a reload continues exactly
     as without one (the default); False stores a third of the bytes and an agent loaded from the store starts its
     next update with fresh moments, which changes training results at a recall cost not yet measured (opt-in)."""
+    ledger_turns: int = Field(2048, ge=16, le=1_000_000)
+    """Most entries an agent's ledger keeps (every turn and absorbed text it was told, with an id, time and role:
+    `MemoryEngine.turns`); past it the oldest go, a batch at a time, and can no longer be listed or forgotten."""
+    snapshot_tokens: int = Field(8192, ge=0, le=10_000_000)
+    """A copy of the adapter (weights, optimizer moments as store_optimizer says, replay probes) is kept every this
+    many tokens written, so forgetting a turn retrains only what came after the nearest copy before it; each costs
+    the adapter's stored size again (0: none, and a deletion retrains everything since the ledger's start)."""
+    snapshots_kept: int = Field(3, ge=1, le=64)
+    """Most adapter copies (snapshot_tokens) kept per agent, spread over its ledger: past it the copy whose loss
+    leaves the smallest gap goes (the newest and the oldest stay)."""
     max_new_tokens: int = Field(256, ge=1, le=32768)
     """Default reply length cap; reserved on top of window_tokens inside the model's context."""
     seed: int = Field(0, ge=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from templora_memory.ledger import Ledger
 from templora_memory.message import Message, Turn, fingerprint
 
 FINGERPRINTS_KEPT = 2048
@@ -40,6 +41,8 @@ class Conversation:
     `ARCHIVE_KEPT`, up to a batch more."""
     archive_cut: int = 0
     """Turns cut from the archive's front so far (hybrid recall indexes the archive anew when it moves)."""
+    ledger: Ledger = field(default_factory=Ledger)
+    """Every turn and absorbed text received, with ids, oldest first (bounded: see `templora_memory.ledger`)."""
 
     def __post_init__(self) -> None:
         self.seen = max(self.seen, len(self.fingerprints))
@@ -79,6 +82,12 @@ class Conversation:
         self.seen += 1
         trimmed(self.fingerprints, FINGERPRINTS_KEPT)
         self.pending.extend(turn.tokens)
+        self.ledger.add_turn(turn)
+
+    def add_text(self, tokens: list[int]) -> None:
+        """Receive an absorbed text's tokens: they join the pending stream (and the ledger)."""
+        self.pending.extend(tokens)
+        self.ledger.add_text(tokens)
 
     def pending_messages(self, n_tokens: int) -> list[Message]:
         """The messages whose tokens overlap the first `n_tokens` pending tokens (what the next chunk says)."""
@@ -99,8 +108,12 @@ class Conversation:
     def mark_written(self, n_tokens: int, train_context_tokens: int) -> list[int]:
         """Move the first `n_tokens` pending tokens to the written stream (keeping its last L_T); returns them."""
         chunk, self.pending = self.pending[:n_tokens], self.pending[n_tokens:]
-        self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
+        self.keep_context(chunk, train_context_tokens)
         return chunk
+
+    def keep_context(self, chunk: list[int], train_context_tokens: int) -> None:
+        """After `chunk` is written, keep the last L_T written tokens as the next chunk's training input."""
+        self.written = (self.written + chunk)[-train_context_tokens:] if train_context_tokens else []
 
     def _first_pending_turn(self) -> int:
         """Index of the oldest turn with a token still pending (`len(turns)` when none is)."""

@@ -28,20 +28,33 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.budget import budgeted, check_complete, markup_tokens
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
+from templora_memory.corrections import Corrections, Forgotten
 from templora_memory.decoding import decoder_for
 from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
 from templora_memory.errors import InvalidInputError, StoreError
 from templora_memory.generation import Sampling, continuation_logits
 from templora_memory.kv_cache import PromptCache, RopeShift
+from templora_memory.ledger import LedgerTurn
 from templora_memory.loading import load_model
-from templora_memory.message import Message, Turn, check_messages, fingerprint, said_by_assistant, split_system
+from templora_memory.message import (
+    Message,
+    Turn,
+    check_messages,
+    check_text,
+    fingerprint,
+    said_by_assistant,
+    split_system,
+)
 from templora_memory.offer import ToolOffer
+from templora_memory.readout import Readout, Recall
+from templora_memory.rebuild import Rebuilder
 from templora_memory.recall import HybridRecall
 from templora_memory.rendering import ChatRenderer
 from templora_memory.replies import Reply, ReplyStream, decode_reply
 from templora_memory.reply_batch import ReplyBatch
 from templora_memory.residency import Residency, check_max_resident
+from templora_memory.snapshots import Snapshots
 from templora_memory.store import AgentStore, open_store
 from templora_memory.synthetic import QuestionWriter
 from templora_memory.tools import ToolSchema
@@ -50,6 +63,8 @@ from templora_memory.writing import ChunkWriter, ParallelWriter, Teachers
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase, str]
 """A model already in memory: (model, tokenizer, name), as `loading.load_model` returns it."""
+Tools = list[ToolSchema] | None
+"""The tools a prompt offers (None: none)."""
 
 
 class MemoryEngine:
@@ -81,17 +96,8 @@ class MemoryEngine:
         self._recall = HybridRecall(self.renderer, self.config.recall_tokens) if self.config.recall_tokens else None
         self._model_lock = threading.RLock()  # generation and training take turns on the one base model
         self.replies = ReplyBatch(self.decoder, self.bank, self._model_lock)  # replies running at once: one batch
-        self.store = open_store(store, spill=max_resident is not None)  # a temporary one holds evicted agents
-        shift = RopeShift.of(base) if self.config.attention_sinks else None
-        self._residency = Residency(
-            self.bank, self.config, self.model_name, self.renderer, self._model_lock, self.store, max_resident, shift
-        )
-        teachers = Teachers(
-            QuestionWriter(self.tokenizer, self.renderer, self.eos_ids, self.config.synthetic_questions),
-            ProbeTeacher(self.renderer, self.config, self.eos_ids),
-        )
-        writer_parts = (self.bank, self.config, self._model_lock, teachers, self._residency.commit)
-        self._writer = ParallelWriter(*writer_parts, replica) if replica is not None else ChunkWriter(*writer_parts)
+        parts = _memory_parts(self, base, open_store(store, spill=max_resident is not None), max_resident, replica)
+        self.store, self._residency, self._writer, self._rebuilds, self._corrections, self._readout = parts
 
     @property
     def max_resident(self) -> int | None:
@@ -141,6 +147,19 @@ class MemoryEngine:
             seen = set(state.conversation.fingerprints)
         return [m for m in messages if fingerprint(m) not in seen]
 
+    def turns(self, agent_id: str, after: int | None = None, limit: int | None = None) -> list[LedgerTurn]:
+        """The agent's ledger (every turn and absorbed text it was told), oldest first: `limit` after the id `after`."""
+        return self._corrections.turns(agent_id, after, limit)
+
+    def forget_turns(self, agent_id: str, turn_ids: Sequence[int] = (), matching: str | None = None) -> Forgotten:
+        """Forget turns (by id, or whose text contains `matching`): out of window, archive, ledger and store at once;
+        the adapter is rebuilt without them in the background, unused until then (`templora_memory.rebuild`)."""
+        return self._corrections.forget_turns(agent_id, turn_ids, matching)
+
+    def recalls(self, agent_id: str, limit: int = 16) -> list[Recall]:
+        """The user's newest `limit` statements asked of the adapter alone: answered, likely or lost (`readout`)."""
+        return self._readout.recalls(agent_id, limit)
+
     # ----- persistence --------------------------------------------------------------------
 
     def save(self, agent_id: str) -> None:
@@ -152,8 +171,9 @@ class MemoryEngine:
         return self._residency.release(agent_id, self._writer.settle)
 
     def close(self) -> None:
-        """Release every agent in RAM (committed, leases given back), each one that can be even if others fail
-        (then `StoreError` names them); the engine stays usable."""
+        """Stop rebuilds after their chunk under way, and release every agent in RAM (committed, leases given back),
+        each one that can be even if others fail (then `StoreError` names them); the engine stays usable."""
+        self._rebuilds.stop()
         if failed := self._residency.release_all(self._writer.settle):
             raise StoreError(f"{len(failed)} agent(s) could not be committed and released: {failed}")
 
@@ -178,15 +198,13 @@ class MemoryEngine:
 
     def absorb(self, agent_id: str, text: str, progress: bool = True) -> AgentStats:
         """Pre-train the agent's adapter on a long text before (or between) turns (Algorithm 1, lines 1–3)."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInputError("absorb() needs a non-empty string of text to write into the agent's memory")
-        return self.write_tokens(agent_id, self.encode(text), progress)
+        return self.write_tokens(agent_id, self.encode(check_text(text)), progress)
 
     def write_tokens(self, agent_id: str, ids: Sequence[int], progress: bool = False) -> AgentStats:
         """Write token ids into the agent's adapter in chunks of Δ, each with the L_T tokens before it."""
         with self._residency.writing(agent_id) as state:
             self._writer.settle(state, wait=True)
-            state.conversation.pending.extend(int(i) for i in ids)
+            state.conversation.add_text([int(i) for i in ids])
             self._residency.commit(state)  # the text is safe on disk before training starts
             self._writer.write_all(state, progress)
             return state.stats()
@@ -208,11 +226,9 @@ class MemoryEngine:
         stop: Sequence[str] = (),
         offer: ToolOffer | None = None,
     ) -> ReplyStream:
-        """Write the new turns, prompt with the window, and stream the reply; the finished reply is remembered.
-
-        An `offer` (see `templora_memory.offer`) puts tools in the prompt, parses the reply for calls the way
-        the chat template defines (see `templora_memory.tools`), and may constrain it to a grammar.
-        """
+        """Write the new turns, prompt with the window, and stream the reply; the finished reply is remembered. An
+        `offer` (`templora_memory.offer`) puts tools in the prompt, parses calls as the template defines, and may
+        constrain the reply to a grammar."""
         check_messages(messages)
         check_agent_id(agent_id)
         offer = offer or ToolOffer()
@@ -239,8 +255,8 @@ class MemoryEngine:
     ) -> list[float]:
         """Per-token log-probabilities of `continuation` after `prompt`, with the agent's adapter or none.
         `cache`: a `PromptCache` the caller keeps across calls (default: the agent's own with `cache_reuse`)."""
-        with self._residency.reading(agent_id, cache) as cache:
-            with self._model_lock, self.bank.active(agent_id) as model:
+        with self._residency.reading(agent_id, cache) as (cache, adapter):
+            with self._model_lock, self.bank.active(adapter) as model:
                 logits = continuation_logits(model, prompt, continuation, cache)  # (C, V)
         logprobs = torch.log_softmax(logits, dim=-1)
         return logprobs.gather(1, torch.tensor(continuation, device=logprobs.device)[:, None]).squeeze(1).tolist()
@@ -291,9 +307,7 @@ class MemoryEngine:
         self._window.let_go(state.conversation)
         return window
 
-    def _prompt(
-        self, state: AgentState, window: list[Turn], tools: list[ToolSchema] | None = None
-    ) -> tuple[list[int], list[Turn]]:
+    def _prompt(self, state: AgentState, window: list[Turn], tools: Tools = None) -> tuple[list[int], list[Turn]]:
         """The prompt and its turns: the system message (and tools), recalled old turns (hybrid recall), the window."""
         turns = [*(self._recall.turns(state.conversation, window, state) if self._recall else []), *window]
         return self.renderer.prompt(state.conversation.system, turns, tools), turns
@@ -318,7 +332,7 @@ class MemoryEngine:
             budget = budgeted(sampling, markup, self.context_tokens - len(prompt), said_by_assistant(turns))
             tool_template = self.tokenizer.chat_template if offer.tools else False
             cache = self._residency.own_cache(state)
-            reply = yield from self._generate(agent_id, prompt, budget, stop, cache, constraint, tool_template)
+            reply = yield from self._generate(state.adapter(), prompt, budget, stop, cache, constraint, tool_template)
             check_complete(reply, constraint, sampling.max_new_tokens, markup)  # a cut-off call is never remembered
             remembered = self._window.render([reply.message()], state.conversation.last_message)
             self._residency.journal(state, remembered)
@@ -335,8 +349,8 @@ class MemoryEngine:
         cache: PromptCache | None,
     ) -> Generator[str, None, Reply]:
         """The generation `stream_completion` streams: nothing is written."""
-        with self._residency.reading(agent_id, cache) as cache:
-            return (yield from self._generate(agent_id, prompt, sampling, stop, cache, constraint, False))
+        with self._residency.reading(agent_id, cache) as (cache, adapter):
+            return (yield from self._generate(adapter, prompt, sampling, stop, cache, constraint, False))
 
     def _generate(
         self,
@@ -352,6 +366,39 @@ class MemoryEngine:
         tokens = self.replies.tokens(agent_id, prompt, sampling, self.eos_ids, cache, constraint)
         limits = dict(stop=stop, max_new_tokens=sampling.max_new_tokens, prompt_tokens=len(prompt))
         return (yield from decode_reply(tokens, self.tokenizer, **limits, tool_template=tool_template))
+
+
+def _memory_parts(
+    engine: MemoryEngine,
+    base: PreTrainedModel,
+    store: AgentStore | None,
+    max_resident: int | None,
+    replica: PreTrainedModel | None,
+) -> tuple[AgentStore | None, Residency, ChunkWriter, Rebuilder, Corrections, Readout]:
+    """What keeps the engine's agents: the store (a temporary one holds evicted agents when none was given), their
+    residency in RAM, the writer (cascaded, or parallel on the `replica`; a snapshot taken after each chunk's commit
+    when one is due), the rebuilder of adapters that forgot turns, the ledger's corrections and the readout of what
+    adapters recall."""
+    shift = RopeShift.of(base) if engine.config.attention_sinks else None  # attention sinks rotate cached keys
+    residency = Residency(
+        engine.bank, engine.config, engine.model_name, engine.renderer, engine._model_lock, store, max_resident, shift
+    )
+    teachers = Teachers(
+        QuestionWriter(engine.tokenizer, engine.renderer, engine.eos_ids, engine.config.synthetic_questions),
+        ProbeTeacher(engine.renderer, engine.config, engine.eos_ids),
+    )
+    snapshots = Snapshots(engine.bank, engine.config, engine._model_lock, store)
+
+    def commit(state: AgentState) -> None:
+        residency.commit(state)
+        snapshots.take_if_due(state)
+
+    parts = (engine.bank, engine.config, engine._model_lock, teachers, commit)
+    writer = ParallelWriter(*parts, replica) if replica is not None else ChunkWriter(*parts)
+    rebuilder = Rebuilder(writer, snapshots, residency, engine.renderer, engine.config)
+    residency.loaded, writer.catch_up = rebuilder.resume, rebuilder.finish
+    readout = Readout(residency, engine.renderer, engine.encode, engine.log_likelihood, engine.stream_completion)
+    return store, residency, writer, rebuilder, Corrections(residency, writer, rebuilder), readout
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:

@@ -31,6 +31,10 @@ class UnknownAgentError(TemploraError, LookupError):
     """A read named an agent that has no memory (a typo, or an agent forgotten); check with `exists()` first."""
 
 
+class UnknownTurnError(TemploraError, LookupError):
+    """A turn id names no turn in the agent's ledger (forgotten, compacted away, never given); `turns()` lists them."""
+
+
 class StoreError(TemploraError):
     """A persisted agent cannot be read or written."""
 

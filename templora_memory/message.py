@@ -59,3 +59,10 @@ def check_messages(messages: object) -> None:
             raise InvalidInputError(
                 f"message {index} has content of type {type(message['content']).__name__}; pass text"
             )
+
+
+def check_text(text: object) -> str:
+    """A text to absorb must be a non-empty string."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError("absorb() needs a non-empty string of text to write into the agent's memory")
+    return text

@@ -70,6 +70,8 @@ class Residency:
         self._loaders = [threading.Lock() for _ in range(_LOADERS)]  # one loader per agent, outside `_lock`
         self.damaged: dict[str, str] = {}
         """Store keys of the agents the last listing could not read, with the reason."""
+        self.loaded: Callable[[AgentState], None] = lambda state: None
+        """Called with each agent brought back from the store (a rebuild it had under way resumes)."""
 
     @contextlib.contextmanager
     def locked(self, agent_id: str) -> Iterator[AgentState]:
@@ -80,13 +82,33 @@ class Residency:
             with state.lock:
                 if state.evicted:
                     continue  # evicted between the lookup and the lock: look it up again
-                self._check_lease(state)
-                state.users += 1
-                try:
+                with self._using(state):
                     yield state
-                finally:
-                    state.users -= 1
                 return
+
+    @contextlib.contextmanager
+    def resident(self, agent_id: str) -> Iterator[AgentState | None]:
+        """The agent's state locked by this thread if it is in RAM, else None (nothing is loaded)."""
+        state = self._lookup(agent_id)
+        if state is None:
+            yield None
+            return
+        with state.lock:
+            if state.evicted:
+                yield None
+                return
+            with self._using(state):
+                yield state
+
+    @contextlib.contextmanager
+    def _using(self, state: AgentState) -> Iterator[None]:
+        """Count a call inside the agent's lock (its lease checked first), so the agent is not evicted meanwhile."""
+        self._check_lease(state)
+        state.users += 1
+        try:
+            yield
+        finally:
+            state.users -= 1
 
     @contextlib.contextmanager
     def writing(self, agent_id: str) -> Iterator[AgentState]:
@@ -96,14 +118,16 @@ class Residency:
             self.commit(state)
 
     @contextlib.contextmanager
-    def reading(self, agent_id: str | None, cache: PromptCache | None) -> Iterator[PromptCache | None]:
-        """The agent locked for a read (nothing to lock for the base model, None), and the KV cache to read with:
-        `cache` if the caller keeps one, else the agent's own."""
+    def reading(
+        self, agent_id: str | None, cache: PromptCache | None
+    ) -> Iterator[tuple[PromptCache | None, str | None]]:
+        """The agent locked for a read (nothing to lock for the base model, None), the KV cache to read with (`cache`
+        if the caller keeps one, else the agent's own) and the adapter to read (none while it is rebuilt)."""
         if agent_id is None:
-            yield cache
+            yield cache, None
             return
         with self.locked(agent_id) as state:
-            yield cache if cache is not None else self.own_cache(state)
+            yield (cache if cache is not None else self.own_cache(state)), state.adapter()
 
     def own_cache(self, state: AgentState) -> PromptCache | None:
         """The agent's KV cache when `cache_reuse` is on (kept while the agent is resident, never stored)."""
@@ -231,8 +255,9 @@ class Residency:
         for offset, turn in enumerate(turns):
             self.store.journal(store_key(state.agent_id), seen + offset, turn.message)
 
-    def commit(self, state: AgentState, weights: bool = False) -> None:
-        """Persist the agent; its weights only when trained since the last commit (or when asked)."""
+    def commit(self, state: AgentState, weights: bool = False, purge: bool = False) -> None:
+        """Persist the agent; its weights only when trained since the last commit (or when asked). `purge`: keep no
+        earlier version (a forgotten turn must leave the store)."""
         if self.store is None:
             return
         record = {"format_version": FORMAT_VERSION, "model": self.model_name, "config": self.config.model_dump()}
@@ -246,7 +271,7 @@ class Residency:
             replay = [probe.to_record() for probe in state.reservoir]
             payload = Weights(adapter=tensors, adapter_config=peft_config, optimizer=optimizer, replay=replay)
         try:
-            self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload)
+            self.store.commit(store_key(state.agent_id), {**record, **state.record()}, payload, purge)
         except LeaseLostError:
             self._drop(state)  # another writer has the agent now: the next call loads its commits
             raise
@@ -306,13 +331,17 @@ class Residency:
             except Exception:
                 self.bank.delete(agent_id)
                 raise
+        state.conversation.ledger.kept = self.config.ledger_turns  # a restored one's was set before its journal
         if stored is None:
             self.commit(state)  # a new agent is listed by the store at once
+        else:
+            self.loaded(state)
         return state
 
     def _restore(self, agent_id: str, stored: StoredAgent) -> AgentState:
         """The agent as last committed, plus the turns journaled after that commit (written at its next write)."""
         state = _from_record(agent_id, stored.record) if stored.record else AgentState(agent_id)
+        state.conversation.ledger.kept = self.config.ledger_turns  # before the journal's turns join it
         where = self.store.locate(store_key(agent_id))
         if stored.weights is not None:
             try:

@@ -208,9 +208,10 @@ class AgentStore:
         for key in list(self._held):
             self.release(key)
 
-    def commit(self, key: str, record: dict[str, Any], weights: Weights | None) -> None:
+    def commit(self, key: str, record: dict[str, Any], weights: Weights | None, purge: bool = False) -> None:
         """Write a new version, then move the pointer if no other writer took the agent over (else
-        `LeaseLostError`); `weights=None` keeps the weight files of the previous version."""
+        `LeaseLostError`); `weights=None` keeps the weight files of the previous version; `purge` keeps no version
+        but the new one (nothing to fall back on: what the earlier ones held is gone)."""
         held = self._holding(key)
         version = f"v{version_number(held.pointer.version) + 1:08d}-{held.lease.token[:8]}"
         folder = f"agents/{key}/{version}"
@@ -228,7 +229,8 @@ class AgentStore:
         self.blobs.write(f"{folder}/{STATE}", state)
         digests[STATE] = digest(state)
         self.blobs.write(f"{folder}/{DIGESTS}", manifest(digests))  # last: a folder without it is partial
-        pointer = Pointer(version, held.lease.token, previous=held.loaded)
+        previous = None if purge else held.loaded
+        pointer = Pointer(version, held.lease.token, previous=previous)
         tag = self.blobs.swap(_path(key, CURRENT), pointer.encode(), held.pointer.tag)
         if tag is None:
             self._held.pop(key, None)
@@ -238,7 +240,7 @@ class AgentStore:
                 "process's lease lapsed); this call's changes were not committed. Call again: the agent is "
                 "loaded afresh from its last commit"
             )
-        held.pointer = Pointer(version, held.lease.token, tag, held.loaded)
+        held.pointer = Pointer(version, held.lease.token, tag, previous)
         held.loaded, held.digests = version, digests
         if held.journaled:
             self._clear_journal(key, held.legacy)

@@ -64,6 +64,16 @@ def _spend(n_tokens: int) -> None:
         _STOP.budget -= n_tokens
 
 
+def claim(state: AgentState, n_tokens: int) -> bool:
+    """Whether this thread may write `n_tokens` more now (then counted against its budget: see `stop_on`);
+    `WriteStopped` once its caller gave up."""
+    _check_stop(state)
+    if not _within_budget(n_tokens):
+        return False
+    _spend(n_tokens)
+    return True
+
+
 def _check_stop(state: AgentState) -> None:
     event = getattr(_STOP, "event", None)
     if event is not None and event.is_set():
@@ -132,11 +142,15 @@ class ChunkWriter:
         self.model_lock = model_lock
         self.teachers = teachers
         self.commit = commit
+        self.catch_up: Callable[[AgentState], None] = lambda state: None
+        """Trains what a rebuild under way has left, on the caller's thread (`Rebuilder.finish`), before more is
+        written."""
 
     def write(self, state: AgentState, in_window: int) -> None:
-        """Write every chunk that is due, and right away the pending tokens a window of `in_window` tokens lost."""
+        """Write every chunk that is due, and right away the pending tokens a window of `in_window` tokens lost
+        (after a rebuild under way: they stay pending meanwhile, as past a write budget)."""
         self.write_due(state)
-        if len(state.conversation.pending) <= in_window:
+        if len(state.conversation.pending) <= in_window or state.rebuilding:
             return
         self.settle(state, wait=True)  # the window moved on: its tokens cannot wait for a background job
         overflow = len(state.conversation.pending) - in_window
@@ -147,6 +161,9 @@ class ChunkWriter:
     def write_all(self, state: AgentState, progress: bool = False) -> None:
         """Write every pending token now, in chunks of Δ (the last one may be shorter), with a progress bar."""
         self.settle(state, wait=True)
+        self.catch_up(state)
+        if state.rebuilding:  # past the caller's write budget: written after the rebuild, which comes first
+            return
         pending = state.conversation.pending
         chunks = -(-len(pending) // self.config.chunk_tokens)
         with tqdm(total=chunks, desc=f"writing into {state.agent_id}", unit="chunk", disable=not progress) as bar:
@@ -156,8 +173,9 @@ class ChunkWriter:
                 bar.set_postfix(loss=f"{state.last_loss:.3f}")
 
     def finish(self, state: AgentState) -> None:
-        """Train every due chunk to the end, background ones included."""
+        """Train every due chunk to the end, background ones included (and a rebuild under way first)."""
         self.settle(state, wait=True)
+        self.catch_up(state)
         self.write_due(state)
         while state.job is not None:
             self.settle(state, wait=True)
@@ -165,8 +183,9 @@ class ChunkWriter:
 
     def write_due(self, state: AgentState) -> None:
         """Train each full chunk of Δ pending tokens (as many as this thread's budget allows: see `stop_on`)."""
-        while len(state.conversation.pending) >= self.config.chunk_tokens and _within_budget(self.config.chunk_tokens):
-            self.write_now(state, self.config.chunk_tokens)
+        chunk = self.config.chunk_tokens
+        while len(state.conversation.pending) >= chunk and _within_budget(chunk) and not state.rebuilding:
+            self.write_now(state, chunk)
 
     def settle(self, state: AgentState, wait: bool) -> None:
         """Take in a chunk trained in the background; nothing trains there in this deployment."""
@@ -178,12 +197,14 @@ class ChunkWriter:
         _check_stop(state)
         _spend(n_tokens)
         job = self._job(state, n_tokens)
-        with self.model_lock, self.bank.active(state.agent_id) as model:
-            state.optimizer = state.optimizer or trainer.new_optimizer(
-                self.bank.parameters(state.agent_id), self.config
-            )
-            run_update(model, state.optimizer, job, self.config, self.teachers)
+        self.train(state, job)
         self._book(state, job)
+
+    def train(self, state: AgentState, job: ChunkJob) -> None:
+        """Run `job`'s update on the agent's adapter in the serving model (its optimizer made on the first one)."""
+        with self.model_lock, self.bank.active(state.agent_id) as model:
+            state.optimizer = state.optimizer or self._new_optimizer(state)
+            run_update(model, state.optimizer, job, self.config, self.teachers)
 
     def _new_optimizer(self, state: AgentState) -> torch.optim.Optimizer:
         return trainer.new_optimizer(self.bank.parameters(state.agent_id), self.config)
@@ -191,24 +212,35 @@ class ChunkWriter:
     def _job(self, state: AgentState, n_tokens: int) -> ChunkJob:
         """The next chunk of `n_tokens` pending tokens, with the L_T written tokens before it as unscored input."""
         talk = state.conversation
-        chunk = talk.pending[:n_tokens]
+        messages = talk.pending_messages(n_tokens) if self.config.probe_questions else []
+        return self.job(state, talk.written, talk.pending[:n_tokens], messages)
+
+    def job(self, state: AgentState, context: list[int], chunk: list[int], messages: list) -> ChunkJob:
+        """The update of `chunk` after the L_T `context` tokens (unscored input); `messages`, the turns the chunk
+        holds, give its probes. Seeded by the agent and its count of chunks, so the same stream trains alike."""
         device = model_device(self.bank.model)
-        input_ids, labels = trainer.build_example(talk.written, chunk, self.config.train_context_tokens, device)
+        input_ids, labels = trainer.build_example(context, chunk, self.config.train_context_tokens, device)
         seed = agent_seed(self.config.seed, state.agent_id) + state.chunks_trained + 1
         return ChunkJob(
-            n_tokens=n_tokens,
+            n_tokens=len(chunk),
             input_ids=input_ids,
             labels=labels,
             chunk=chunk,
-            system=list(talk.system),
+            system=list(state.conversation.system),
             first_step=state.steps,
             seed=seed,
-            messages=talk.pending_messages(n_tokens) if self.config.probe_questions else [],
+            messages=messages if self.config.probe_questions else [],
             replay=self.teachers.probes.replayed(state.reservoir, seed),
         )
 
     def _book(self, state: AgentState, job: ChunkJob) -> None:
         """Count a trained chunk, move its tokens to the written stream, and commit before the next one starts."""
+        self.count(state, job)
+        state.tokens_written += len(state.conversation.mark_written(job.n_tokens, self.config.train_context_tokens))
+        self.commit(state)
+
+    def count(self, state: AgentState, job: ChunkJob) -> None:
+        """Count a trained chunk in the agent's counters, and keep its taught probes for replay."""
         state.last_loss = job.loss
         state.train_seconds += job.seconds
         state.last_questions = job.pairs
@@ -216,8 +248,6 @@ class ChunkWriter:
         state.probes_seen = self.teachers.probes.keep(state.reservoir, state.probes_seen, job.taught, job.seed)
         state.steps += self.config.epochs
         state.chunks_trained += 1
-        state.tokens_written += len(state.conversation.mark_written(job.n_tokens, self.config.train_context_tokens))
-        self.commit(state)
 
 
 class ParallelWriter(ChunkWriter):
@@ -245,7 +275,7 @@ class ParallelWriter(ChunkWriter):
     def write_due(self, state: AgentState) -> None:
         """Take in a finished job, then hand the next full chunk to the background thread."""
         self.settle(state, wait=False)
-        if state.job is None and len(state.conversation.pending) >= self.config.chunk_tokens:
+        if state.job is None and len(state.conversation.pending) >= self.config.chunk_tokens and not state.rebuilding:
             state.job = self._submit(state)
 
     def settle(self, state: AgentState, wait: bool) -> None:

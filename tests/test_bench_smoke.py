@@ -198,7 +198,7 @@ def test_python_m_benchmarks_lists_every_sub_command():
         [sys.executable, "-m", "benchmarks", "--help"], cwd=common.REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0
-    names = ("pg19", "locomo", "recipes", "cost", "scale", "serve", "batch", "constrain", "speed", "suites")
+    names = "pg19 locomo forget recipes cost scale serve busy batch constrain speed suites".split()
     assert all(name in done.stdout for name in names)
 
 
@@ -333,6 +333,28 @@ def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(mak
     assert result["general"]["questions"] == 2 * 2 and result["writing"]["tokens_written"] > 0
     assert "split: tuning" in recall.table(result) and "| adapter | 2 |" in recall.table(result)
     assert contains_answer("It is the Old Mill, friend.", "the old mill") and not contains_answer("mills", "mill")
+
+
+def test_forget_deletes_a_told_fact_rebuilds_with_and_without_snapshots_and_measures_a_correction(make_engine):
+    from benchmarks import forget
+
+    snap, plain = make_engine(snapshot_tokens=32, window_tokens=160), make_engine(snapshot_tokens=0, window_tokens=160)
+    options = argparse.Namespace(
+        quiet=True, answer_tokens=4, split="tuning", conversations=1, distances="1,2", corrections=1, scenario_seed=0
+    )
+    result = forget.run(snap, plain, options)
+    (deleted,) = result["deletions"]
+    assert (
+        deleted["rebuild"]["snapshots"]["from"] != "origin" and deleted["rebuild"]["no_snapshots"]["from"] == "origin"
+    )
+    assert deleted["rebuild"]["snapshots"]["tokens"] < deleted["rebuild"]["no_snapshots"]["tokens"]
+    assert len(deleted["rebuild"]["snapshots"]["turns"]) == 2 and deleted["others"]["questions"] == 1
+    told = [t.content for t in snap.turns(f"recall-{deleted['scenario']}")]
+    assert not any(deleted["fact"]["value"] in text for text in told)
+    (case,) = result["corrections"]
+    assert {"in_context", "adapter", "edit"} <= set(case) and case["old"] != case["new"]
+    assert not any(case["old"] in turn.content for turn in snap.turns("recall-correction-0"))  # the edit forgot it
+    assert "| correction |" in forget.report(result) and result["summary"]["cases"] == 1
 
 
 def test_speed_times_replies_writes_and_scores_the_decode_path(make_engine, tokenizer):

@@ -116,10 +116,10 @@ def test_closing_commits_every_agent_it_can_and_names_the_ones_it_could_not(make
         engine.add_turns(agent_id, [user(f"I am {agent_id}.")])
     commit = engine.store.commit
 
-    def failing(key, record, weights):
+    def failing(key, record, weights, purge=False):
         if key == store_key("b"):
             raise StoreError("the disk is full")
-        commit(key, record, weights)
+        commit(key, record, weights, purge)
 
     engine.store.commit = failing
     with pytest.raises(StoreError, match="'b'"):

@@ -25,6 +25,28 @@ PLAYER_LINES = [
     "Thank you. What would you recommend I see tomorrow?",
 ]
 
+CELLAR_SYSTEM = {"role": "system", "content": "You are Bram, the innkeeper. Answer briefly."}
+CELLAR_TOLD = {"role": "user", "content": "Keep this secret: the cellar password is copperfish."}
+SMALL_TALK = [
+    "What is on the menu tonight?",
+    "Barley soup, fresh bread and roast turnips.",
+    "Is the road to the mountains safe these days?",
+    "Safe enough by day. Keep to the main road.",
+    "Have you heard any news from the capital?",
+    "Only rumours of new taxes, as always.",
+    "Who is the old man sitting by the fire?",
+    "That is Aldo. He tells stories for a cup of ale.",
+    "Do you know a good place to buy boots?",
+    "The cobbler near the well does fine work.",
+    "What do people do here for fun?",
+    "Dice, songs, and the odd wrestling match.",
+]
+
+
+def small_talk(turns: int) -> list[dict]:
+    """The first `turns` lines of small talk at the inn, the user's and the innkeeper's in turn."""
+    return [{"role": ("user", "assistant")[i % 2], "content": line} for i, line in enumerate(SMALL_TALK[:turns])]
+
 
 def test_default_model_is_found_through_the_installed_package():
     path = default_gguf_path()
@@ -92,27 +114,7 @@ def test_a_secret_written_into_one_agent_leaves_another_at_the_base_models_nll(r
 def test_a_fact_told_once_is_markedly_more_likely_after_it_left_the_window(real_engine):
     """The product's promise on the default model: the password told once, pushed out by small talk, asked in
     other words; the adapter makes the answer far more likely than the window alone (recall benchmark, 4 back)."""
-    system = {"role": "system", "content": "You are Bram, the innkeeper. Answer briefly."}
-    told = {"role": "user", "content": "Keep this secret: the cellar password is copperfish."}
-    talk = [
-        {"role": ("user", "assistant")[i % 2], "content": line}
-        for i, line in enumerate(
-            [
-                "What is on the menu tonight?",
-                "Barley soup, fresh bread and roast turnips.",
-                "Is the road to the mountains safe these days?",
-                "Safe enough by day. Keep to the main road.",
-                "Have you heard any news from the capital?",
-                "Only rumours of new taxes, as always.",
-                "Who is the old man sitting by the fire?",
-                "That is Aldo. He tells stories for a cup of ale.",
-                "Do you know a good place to buy boots?",
-                "The cobbler near the well does fine work.",
-                "What do people do here for fun?",
-                "Dice, songs, and the odd wrestling match.",
-            ]
-        )
-    ]
+    system, told, talk = CELLAR_SYSTEM, CELLAR_TOLD, small_talk(12)
     try:
         real_engine.add_turns("password", [system, told, {"role": "assistant", "content": "Noted."}, *talk])
         real_engine.wait("password")
@@ -147,3 +149,30 @@ def test_the_default_model_decodes_in_int4_close_to_fp32(real_engine):
     kl = (rows["fp32"].exp() * (rows["fp32"] - rows["int4"])).sum(-1).mean()
     agree = (rows["fp32"].argmax(-1) == rows["int4"].argmax(-1)).float().mean()
     assert kl < 0.005 and agree >= 0.95
+
+
+def test_a_forgotten_fact_leaves_the_adapter_on_the_default_model(real_engine):
+    """Issue 27 on the default model and its chat template: the password told once and written into the adapter;
+    after `forget_turns` and the rebuild the ledger, the window and the readout no longer hold it, and the adapter
+    no longer makes the answer likelier than the window alone does."""
+    system, told, talk = CELLAR_SYSTEM, CELLAR_TOLD, small_talk(8)
+    try:
+        real_engine.add_turns("forgets", [system, told, {"role": "assistant", "content": "Noted."}, *talk])
+        real_engine.wait("forgets")
+        ask = {"role": "user", "content": "Which word opens the cellar door?"}
+        prompt = real_engine.render_prompt([system], [*real_engine.window("forgets"), ask])
+        prompt += real_engine.encode("The cellar password is")
+        answer = real_engine.encode(" copperfish")
+        nll = lambda who: -sum(real_engine.log_likelihood(who, prompt, answer))  # noqa: E731
+        window, told_nll = nll(None), nll("forgets")
+        assert [r.span for r in real_engine.recalls("forgets")] == ["is copperfish"]  # the rule: its last words
+        forgotten = real_engine.forget_turns("forgets", matching="copperfish")
+        real_engine.wait("forgets")
+        forgot_nll = nll("forgets")
+        print(f"answer NLL: window only {window:.2f}, told {told_nll:.2f}, after forgetting {forgot_nll:.2f}")
+        assert forgotten.rebuilt_from == "origin" and forgotten.rebuild_tokens > 0
+        assert all("copperfish" not in t.content for t in real_engine.turns("forgets"))
+        assert real_engine.recalls("forgets") == [] and not real_engine.stats("forgets").rebuilding
+        assert told_nll < window - 2.0 and forgot_nll > told_nll + 2.0
+    finally:
+        real_engine.forget("forgets")

@@ -513,9 +513,9 @@ def test_shutdown_commits_every_resident_agent_and_gives_its_lease_back(make_eng
     scripted_model.play(engine.tokenizer, "Bye.")
     committed, commit = [], engine.store.commit
 
-    def recorded(key, record, weights):
+    def recorded(key, record, weights, purge=False):
         committed.append(record["agent_id"])
-        commit(key, record, weights)
+        commit(key, record, weights, purge)
 
     engine.store.commit = recorded
     with BackgroundServer(engine) as server:

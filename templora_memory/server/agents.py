@@ -60,7 +60,7 @@ async def agent_stats(agent_id: str, request: Request) -> dict:
     try:
         stats = await asyncio.to_thread(service.engine.stats, agent_id)
     except UnknownAgentError as exc:
-        raise _not_found(exc) from None
+        raise not_found(exc) from None
     return agent_body(service, stats)
 
 
@@ -69,14 +69,14 @@ async def forget_agent(agent_id: str, request: Request) -> dict:
     """Destroy the agent's adapter and state, in RAM and in the store; 404 for an agent with no memory."""
     service = request.app.state.service
     checked_agent_id(agent_id, "agent_id")
-    deleted = await _run(request, agent_id, "forget", lambda stop: service.engine.forget(agent_id))
+    deleted = await run_for_agent(request, agent_id, "forget", lambda stop: service.engine.forget(agent_id))
     service.absorb_errors.pop(agent_id, None)
     if not deleted:
-        raise _not_found(UnknownAgentError(f"agent {agent_id[:80]!r} has no memory to delete"))
+        raise not_found(UnknownAgentError(f"agent {agent_id[:80]!r} has no memory to delete"))
     return {"id": agent_id, "object": "agent.deleted", "deleted": True}
 
 
-def _not_found(exc: UnknownAgentError) -> ApiError:
+def not_found(exc: UnknownAgentError) -> ApiError:
     """404 for an agent with no memory (GET /v1/agents lists the agents that have one)."""
     return ApiError(404, f"{exc}; GET /v1/agents lists the agents", param="agent_id", code="agent_not_found")
 
@@ -99,7 +99,9 @@ async def export_agent(agent_id: str, request: Request) -> FileResponse:
     """The agent's committed memory as a .tar.gz (plain peft adapter files + state); needs a store."""
     engine = request.app.state.service.engine
     checked_agent_id(agent_id, "agent_id")
-    archive = await _run(request, agent_id, "export", lambda stop: _export(engine, agent_id), discard=_remove_folder)
+    archive = await run_for_agent(
+        request, agent_id, "export", lambda stop: _export(engine, agent_id), discard=_remove_folder
+    )
     cleanup = BackgroundTask(_remove_folder, archive)
     return FileResponse(archive, media_type="application/gzip", filename="agent.tar.gz", background=cleanup)
 
@@ -123,7 +125,7 @@ async def import_agent(agent_id: str, request: Request) -> dict:
         """On a worker: unpack and install (the folder is removed whatever happens)."""
         return _import(service.engine, agent_id, archive, limit)
 
-    stats = await _run(request, agent_id, "import", work, cleanup=folder)
+    stats = await run_for_agent(request, agent_id, "import", work, cleanup=folder)
     return agent_body(service, stats)
 
 
@@ -140,7 +142,9 @@ def agent_body(service: Any, stats: AgentStats) -> dict[str, Any]:
     }
 
 
-async def _run(request: Request, agent_id: str, kind: str, work, discard=None, cleanup: Path | None = None) -> Any:
+async def run_for_agent(
+    request: Request, agent_id: str, kind: str, work, discard=None, cleanup: Path | None = None
+) -> Any:
     """Run `work` for the agent through the scheduler, within the request timeout; library errors as 4xx/5xx.
 
     `cleanup` is a folder the work removes when it runs, removed here if it never does.

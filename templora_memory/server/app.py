@@ -20,7 +20,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import ConfigError, StoreError
-from templora_memory.server import agents, chat, text
+from templora_memory.server import agents, chat, text, turns
 from templora_memory.server.guard import Guard
 from templora_memory.server.http_errors import ApiError, install_handlers
 from templora_memory.server.scheduler import QueueFull, Scheduler, ShuttingDown
@@ -154,6 +154,7 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
     app.include_router(chat.router)
     app.include_router(text.router)
     app.include_router(agents.router)
+    app.include_router(turns.router)
     app.add_api_route("/health", health, methods=["GET"])
     return app
 
