@@ -22,12 +22,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from templora_memory.conversation import ChatRenderer
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
 from templora_memory.ledger import Entry
 from templora_memory.message import Message
 from templora_memory.probes import cloze, restate, salient_span, statements, swap_person
+from templora_memory.rendering import ChatRenderer
 from templora_memory.residency import Residency
 
 LIKELY_MARGIN = 1.0

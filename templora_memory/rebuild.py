@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 
 from templora_memory.agent import AgentState
 from templora_memory.config import TempLoraConfig
-from templora_memory.conversation import ChatRenderer
 from templora_memory.ledger import Anchor, Ledger, Rebuild
 from templora_memory.message import Message
+from templora_memory.rendering import ChatRenderer
 from templora_memory.residency import Residency
 from templora_memory.snapshots import Copy, Snapshots
 from templora_memory.writing import ChunkWriter, claim
