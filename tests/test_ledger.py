@@ -105,9 +105,9 @@ def test_the_old_adapter_is_never_used_after_a_deletion(make_engine, no_backgrou
     engine.wait("npc")
     old = weights(engine)
     adapters = []
-    activate = type(engine.decoder).active
+    tokens = type(engine.replies).tokens  # every reply and completion, batched or alone, reads its adapter here
     monkeypatch.setattr(
-        type(engine.decoder), "active", lambda self, bank, a: adapters.append(a) or activate(self, bank, a)
+        type(engine.replies), "tokens", lambda self, a, *args, **kw: adapters.append(a) or tokens(self, a, *args, **kw)
     )
     prompt, answer = engine.encode("The gate code is"), engine.encode(f" {SECRET}")
 
