@@ -338,7 +338,8 @@ def test_recall_asks_every_fact_under_every_condition_and_writes_no_question(mak
 def test_forget_deletes_a_told_fact_rebuilds_with_and_without_snapshots_and_measures_a_correction(make_engine):
     from benchmarks import forget
 
-    snap, plain = make_engine(snapshot_tokens=32, window_tokens=160), make_engine(snapshot_tokens=0, window_tokens=160)
+    plain_update = dict(window_tokens=160, probe_questions=0, anchor_probes=0, kl_weight=0.0)  # mechanics, quickly
+    snap, plain = make_engine(snapshot_tokens=32, **plain_update), make_engine(snapshot_tokens=0, **plain_update)
     options = argparse.Namespace(
         quiet=True, answer_tokens=4, split="tuning", conversations=1, distances="1,2", corrections=1, scenario_seed=0
     )
