@@ -138,6 +138,8 @@ def beside_writes(
     is decoded in batch, round after round until the write ends; against each alone. Replies take no lock that
     training holds (but the copy of a joining reply's LoRA), so both go on, sharing the CPU."""
     caches = {agent: PromptCache() for agent in prompts}
+    for agent, prompt in prompts.items():  # the prompts into the caches, untimed
+        _alone(engine, agent, prompt, 1, caches[agent])
     write_alone, _ = _time(lambda: engine.write_tokens("batch-writer-alone", tokens))
     decode_alone, _ = _time(lambda: _batched(engine.replies, engine, prompts, reply_tokens, caches))
     written = threading.Event()

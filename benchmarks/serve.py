@@ -64,7 +64,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--concurrency", default="1,2,4,8", help="clients (each with its own agent) of the sweep (default: 1,2,4,8)"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="requests per agent in the sweep (default: 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per agent in the sweep (default: 2)")
     parser.add_argument("--max-queue", type=int, default=64, help="the server's queue bound (default: 64)")
     parser.add_argument("--overhead-replies", type=int, default=6, help="replies timed each way (default: 6)")
     parser.set_defaults(run=main)

@@ -26,7 +26,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from templora_memory.adapters import AdapterBank
-from templora_memory.decoding import DecodeModel, RowLoras, lora_copy
+from templora_memory.decoding import DecodeModel, RowLoras
 from templora_memory.devices import model_device
 from templora_memory.kv_cache import PromptCache
 
@@ -53,14 +53,25 @@ class LoraSlots:
         return agent_id is None or set(bank.lora_tensors(agent_id)) <= set(decoder.layers)
 
     def load(self, slot: int, bank: AdapterBank, agent_id: str) -> None:
-        """Copy the agent's LoRA, as it is now, into `slot` (growing the stacks when needed)."""
+        """Copy the agent's LoRA, as it is now, into `slot` as Aᵀ and scale·Bᵀ (growing the stacks when needed)."""
         for name, (a, b, scale) in bank.lora_tensors(agent_id).items():
-            a_t, b_t = lora_copy(a, b, scale, self.decoder.layers[name].weight.dtype)
-            self.a_t[name] = _room(self.a_t.get(name), slot, a_t)
-            self.b_t[name] = _room(self.b_t.get(name), slot, b_t)
+            dtype = self.decoder.layers[name].weight.dtype
+            a_t, b_t = a.detach().t(), b.detach().t()
+            self.a_t[name] = self._with_slot(self.a_t.get(name), slot, a_t, dtype)
+            self.b_t[name] = self._with_slot(self.b_t.get(name), slot, b_t, dtype)
             self.a_t[name][slot].copy_(a_t)
-            self.b_t[name][slot].copy_(b_t)
-        self._views.clear()  # the stacks may have grown: views are taken afresh
+            torch.mul(b_t, scale, out=self.b_t[name][slot])
+
+    def _with_slot(self, stack: torch.Tensor | None, slot: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`stack` (slots, *like.shape) with room for `slot`: a new one, twice as large, when it has none (the
+        views of the old one are dropped)."""
+        if stack is not None and stack.shape[0] > slot:
+            return stack
+        grown = like.new_zeros(max(slot + 1, 2 * (0 if stack is None else stack.shape[0])), *like.shape, dtype=dtype)
+        if stack is not None:
+            grown[: stack.shape[0]].copy_(stack)
+        self._views.clear()
+        return grown
 
     def move(self, source: int, target: int) -> None:
         """Copy slot `source` into slot `target` (a reply leaving frees its slot; the last one moves into it)."""
@@ -80,16 +91,6 @@ class LoraSlots:
             yield
         finally:
             self.decoder.row_loras.clear()
-
-
-def _room(stack: torch.Tensor | None, slot: int, like: torch.Tensor) -> torch.Tensor:
-    """`stack` (slots, *like.shape) with at least `slot` + 1 slots (doubled when it grows, the slots kept)."""
-    if stack is not None and stack.shape[0] > slot:
-        return stack
-    grown = like.new_zeros(max(slot + 1, 2 * (0 if stack is None else stack.shape[0])), *like.shape)
-    if stack is not None:
-        grown[: stack.shape[0]].copy_(stack)
-    return grown
 
 
 def batchable(model: PreTrainedModel) -> bool:

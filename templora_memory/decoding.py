@@ -219,14 +219,14 @@ class DecodeModel:
                 a, b, scale = loras.get(name, (None, None, 0.0))
                 # copied once per reply, laid out for torch.addmm (transposed views cost 40 % more per token), in the
                 # layer's dtype (fp32 on the CPU, the GPU's bf16)
-                layer.lora = None if a is None else lora_copy(a, b, scale, layer.weight.dtype)
+                layer.lora = None if a is None else _lora_copy(a, b, scale, layer.weight.dtype)
             yield self.model
         finally:
             for layer in self.layers.values():
                 layer.lora = None
 
 
-def lora_copy(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _lora_copy(a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(Aᵀ, scale · Bᵀ) as contiguous copies in `dtype`."""
     return a.detach().t().contiguous().to(dtype), (b.detach() * scale).t().contiguous().to(dtype)
 
