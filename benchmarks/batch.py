@@ -110,7 +110,8 @@ def decode_rows(
             batched_s, batched_tokens = _time(lambda c=chosen: _batched(batch, engine, c, reply_tokens, caches))
             samples[n]["alone"].append(n * reply_tokens / alone_s)
             samples[n]["batched"].append(n * reply_tokens / batched_s)
-            samples[n]["rows"].append((batch.rows_stepped - rows) / max(1, batch.steps - steps))
+            stepped = batch.steps - steps
+            samples[n]["rows"].append((batch.rows_stepped - rows) / stepped if stepped else 1.0)  # alone: one row
             agreement[n] = sum(a == b for a, b in zip(alone_tokens, batched_tokens, strict=True))
     single = statistics.median(samples[min(counts)]["alone"]) if counts else 1.0
     rows = {}

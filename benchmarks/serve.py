@@ -209,8 +209,9 @@ def sweep(
         steps, stepped = engine.replies.steps, engine.replies.rows_stepped
         load = run(engine, settings, n, n, n * rounds, max_tokens, max_seconds, prefix=f"sweep{n}")
         rows[str(n)] = {key: load[key] for key in ("tokens_per_s", "latency_s", "chunks_written", "memory")}
-        rows[str(n)]["rows_per_step"] = round(
-            (engine.replies.rows_stepped - stepped) / max(1, engine.replies.steps - steps), 2
+        batched_steps = engine.replies.steps - steps  # none: every reply ran alone, one row a step
+        rows[str(n)]["rows_per_step"] = (
+            round((engine.replies.rows_stepped - stepped) / batched_steps, 2) if batched_steps else 1.0
         )
     single = rows[str(min(counts))]["tokens_per_s"] if counts else 0
     for row in rows.values():
