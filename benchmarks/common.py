@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from templora_memory.config import TempLoraConfig, add_config_options, config_from_args
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
+from templora_memory.readout import mean_nll  # noqa: F401 (the benchmarks call common.mean_nll)
 
 REPO = Path(__file__).resolve().parents[1]
 """The checkout the benchmarks run from."""
@@ -82,11 +83,6 @@ def prefix_within(sizes: Sequence[int], max_tokens: int | None) -> int:
         if max_tokens is not None and used > max_tokens:
             return index
     return len(sizes)
-
-
-def mean_nll(logprobs: Sequence[float]) -> float:
-    """Mean negative log-likelihood per token."""
-    return -sum(logprobs) / max(1, len(logprobs))
 
 
 def bootstrap_ci(rows: Sequence, statistic: Callable[[Sequence], float | None], resamples: int = 2000) -> list:

@@ -103,7 +103,7 @@ class Readout:
         prompt = self.renderer.prompt(system, self.renderer.turns([{"role": "user", "content": probe.question}]))
         opened = prompt + self.encode(probe.opening) if probe.opening else prompt
         span = self.encode(f" {probe.span}" if probe.opening else probe.span)
-        nll, base_nll = (_mean_nll(self.score(reader, opened, span)) for reader in (agent_id, None))
+        nll, base_nll = (mean_nll(self.score(reader, opened, span)) for reader in (agent_id, None))
         sampling = Sampling(ANSWER_TOKENS, repetition_penalty=CHAT_REPETITION_PENALTY, penalised=())
         reply = "".join(self.generate(agent_id, prompt, sampling)).strip()
         if _normalised(probe.span) in _normalised(reply):
@@ -140,7 +140,8 @@ def probes_of(entries: Sequence[Entry], limit: int) -> list[_Probe]:
     return found[::-1]
 
 
-def _mean_nll(logprobs: Sequence[float]) -> float:
+def mean_nll(logprobs: Sequence[float]) -> float:
+    """Mean negative log-likelihood per token (the benchmarks score answers with it too)."""
     return -sum(logprobs) / max(1, len(logprobs))
 
 
