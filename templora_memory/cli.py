@@ -139,7 +139,12 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--request-timeout", type=float, default=300.0, help="seconds per request; then 504 (300)")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="largest request body (4 MiB)")
     serve.add_argument("--max-import-bytes", type=int, default=2**30, help="largest agent archive imported (1 GiB)")
-    serve.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds replies get at shutdown (30)")
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds from SIGTERM to exit: half for replies in flight, half to stop writes and commit (30)",
+    )
     serve.add_argument(
         "--sync-write-tokens", type=int, default=2048, help="tokens a request trains before its reply (2048)"
     )

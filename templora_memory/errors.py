@@ -23,8 +23,9 @@ class InvalidInputError(TemploraError, ValueError):
 
 
 class WriteStopped(TemploraError):
-    """Synchronous writing stopped at a chunk boundary because its caller gave up (timeout, client gone, shutdown);
-    every turn is kept, its tokens pending (committed and journaled) until a later write trains them."""
+    """Synchronous writing stopped before a training step because its caller gave up (timeout, client gone,
+    shutdown); a chunk cut short is put back as before it, and every turn is kept, its tokens pending (committed and
+    journaled) until a later write trains them."""
 
 
 class UnknownAgentError(TemploraError, LookupError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -227,6 +227,7 @@ def train_chunk(
     first_step: int,
     extra: LabelledBatch | None = None,
     distill: DistillBatch | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> float:
     """Run `config.epochs` optimizer steps on one chunk; returns the mean loss over those steps.
 
@@ -234,7 +235,8 @@ def train_chunk(
     NLL of their labelled tokens, plus, given `distill` probes, `distill_weight` × their `probe_kl`. The terms are
     added rather than pooled into one token mean, so the chunk weighs the same with or without them, however many
     examples or probes there are. Only parameters held by `optimizer` change; the caller makes sure those are the
-    agent's LoRA weights.
+    agent's LoRA weights. `before_step` runs before each step and may raise to stop the chunk there (the caller
+    then puts back the weights and optimizer state it had before the chunk: `writing.ChunkWriter.train`).
     """
     kl_weight = config.kl_weight
     device = input_ids.device
@@ -244,6 +246,8 @@ def train_chunk(
     losses = []
     try:
         for epoch in range(config.epochs):
+            if before_step is not None:
+                before_step()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(first_step + epoch, config)
             with precision.training(config.train_precision, device):

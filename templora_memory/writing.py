@@ -41,10 +41,11 @@ _STOP = threading.local()
 
 @contextlib.contextmanager
 def stop_on(event: threading.Event, budget: int | None = None) -> Iterator[None]:
-    """Within the block, this thread's chunk writing stops with `WriteStopped` before the next chunk once `event`
-    is set (a request that timed out or whose client left, a shutdown: each waits for one chunk at most), and
-    writes at most `budget` tokens (None: no bound): chunks past it are not trained now, their tokens stay pending
-    for a later write (the server's background writing)."""
+    """Within the block, this thread's chunk writing stops with `WriteStopped` before the next optimizer step once
+    `event` is set (a request that timed out or whose client left, a shutdown: each waits for one step at most;
+    a chunk stopped midway is put back as it was before it, its tokens pending), and writes at most `budget`
+    tokens (None: no bound): chunks past it are not trained now, their tokens stay pending for a later write (the
+    server's background writing)."""
     previous = getattr(_STOP, "event", None), getattr(_STOP, "budget", None)
     _STOP.event, _STOP.budget = event, budget
     try:
@@ -78,9 +79,26 @@ def _check_stop(state: AgentState) -> None:
     event = getattr(_STOP, "event", None)
     if event is not None and event.is_set():
         raise WriteStopped(
-            f"writing into agent {state.agent_id!r} stopped at a chunk boundary; its "
+            f"writing into agent {state.agent_id!r} stopped before a training step; its "
             f"{len(state.conversation.pending)} pending tokens are kept and written later"
         )
+
+
+@contextlib.contextmanager
+def _undone_if_stopped(parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Put the weights and optimizer state back as they were before the block if it raises `WriteStopped`, so a
+    chunk stopped between its steps leaves no half-trained trace (its tokens stay pending and train whole later)."""
+    with torch.no_grad():
+        weights = [parameter.detach().clone() for parameter in parameters]
+    optimizer_state = copy.deepcopy(optimizer.state_dict())
+    try:
+        yield
+    except WriteStopped:
+        with torch.no_grad():
+            for parameter, weight in zip(parameters, weights, strict=True):
+                parameter.copy_(weight)
+        optimizer.load_state_dict(optimizer_state)
+        raise
 
 
 Commit = Callable[[AgentState], None]
@@ -97,9 +115,15 @@ class Teachers:
 
 
 def run_update(
-    model: PeftModel, optimizer: torch.optim.Optimizer, job: ChunkJob, config: TempLoraConfig, teachers: Teachers
+    model: PeftModel,
+    optimizer: torch.optim.Optimizer,
+    job: ChunkJob,
+    config: TempLoraConfig,
+    teachers: Teachers,
+    before_step: Callable[[], None] | None = None,
 ) -> None:
-    """The Temp-Lora update of one chunk: its synthetic pairs and probes (by the base model), then seeded steps."""
+    """The Temp-Lora update of one chunk: its synthetic pairs and probes (by the base model), then seeded steps;
+    `before_step` runs before each step and may raise to stop there (see `trainer.train_chunk`)."""
     started = time.perf_counter()
     device = job.input_ids.device
     job.pairs = teachers.questions.write(model, job.chunk, job.seed)
@@ -110,7 +134,7 @@ def run_update(
     distill = teachers.probes.batch(job.taught + job.replay + anchors, device)
     with trainer.seeded(job.seed):
         job.loss = trainer.train_chunk(
-            model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill
+            model, job.input_ids, job.labels, optimizer, config, job.first_step, extra, distill, before_step
         )
     if config.adapter_dtype != "fp32":  # RAM holds what a reload gives (fp32: the trained weights as they are)
         trainer.round_weights(optimizer, STORED_DTYPES[config.adapter_dtype])
@@ -201,10 +225,12 @@ class ChunkWriter:
         self._book(state, job)
 
     def train(self, state: AgentState, job: ChunkJob) -> None:
-        """Run `job`'s update on the agent's adapter in the serving model (its optimizer made on the first one)."""
+        """Run `job`'s update on the agent's adapter in the serving model (its optimizer made on the first one);
+        stopped between two steps (see `stop_on`), the adapter is as it was before the chunk."""
         with self.model_lock, self.bank.active(state.agent_id) as model:
             state.optimizer = state.optimizer or self._new_optimizer(state)
-            run_update(model, state.optimizer, job, self.config, self.teachers)
+            with _undone_if_stopped(self.bank.parameters(state.agent_id), state.optimizer):
+                run_update(model, state.optimizer, job, self.config, self.teachers, lambda: _check_stop(state))
 
     def _new_optimizer(self, state: AgentState) -> torch.optim.Optimizer:
         return trainer.new_optimizer(self.bank.parameters(state.agent_id), self.config)

@@ -1,6 +1,7 @@
 """Bounded work per request (issue 23, findings 1, 7, 8): a request trains at most `sync_write_tokens` before its
 reply and background writes take turns with other agents for the rest; a request past its timeout, and a
-shutdown, stop writing at the next chunk boundary; shutdown commits every agent it can. No turn is lost."""
+shutdown, stop writing before the next optimizer step (a chunk stopped midway is put back as it was); shutdown
+commits every agent it can. No turn is lost."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import threading
 import time
 
 import pytest
+import torch
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from templora_memory import StoreError  # noqa: E402
+from templora_memory import StoreError, trainer, writing  # noqa: E402
+from templora_memory.errors import WriteStopped  # noqa: E402
 from templora_memory.server import BackgroundServer, ServerSettings  # noqa: E402
 from templora_memory.store import store_key  # noqa: E402
 from tests.test_server import idle, post, user, wait_until  # noqa: E402
@@ -95,19 +98,54 @@ def test_a_request_past_its_timeout_stops_writing_at_the_next_chunk(
     assert engine.stats("npc").turns_seen == 40 and _all_kept(engine, "npc", FACTS)  # no turn lost
 
 
-def test_shutdown_stops_a_long_write_within_its_timeout_and_loses_no_turn(make_engine, tmp_path, slow_chunks):
-    engine = make_engine(store=tmp_path / "store")
-    slow_chunks.seconds = 0.3
+def test_shutdown_stops_a_long_chunk_between_steps_within_its_timeout_and_loses_no_turn(
+    make_engine, tmp_path, monkeypatch
+):
+    engine = make_engine(store=tmp_path / "store", epochs=40)  # a chunk takes 40 slow steps: 12 s
+    accumulate, steps = trainer._accumulate, []
+
+    def slow(*args):
+        steps.append(time.sleep(0.3))
+        return accumulate(*args)
+
+    monkeypatch.setattr(trainer, "_accumulate", slow)
     settings = ServerSettings(shutdown_timeout=1.0, sync_write_tokens=10**6)
     server = BackgroundServer(engine, settings).start()
     threading.Thread(target=post, args=(server, {"messages": FACTS, "max_tokens": 4}), daemon=True).start()
-    wait_until(lambda: len(slow_chunks.times) >= 2)
+    wait_until(lambda: len(steps) >= 2)
     began = time.monotonic()
     server.close()
-    assert time.monotonic() - began < 1.0 + 0.3 + 3.0  # in-flight timeout, one chunk, the commit
+    assert time.monotonic() - began < 1.0 + 0.3 + 3.0  # the timeout, one step, the commit
     assert engine.resident_ids() == []  # committed and released
     restarted = make_engine(store=tmp_path / "store")
+    assert restarted.stats("npc").chunks_trained == 0  # the chunk cut short left nothing
     assert restarted.stats("npc").turns_seen == 40 and _all_kept(restarted, "npc", FACTS)
+
+
+def test_a_write_stopped_between_two_steps_leaves_the_adapter_as_before_that_chunk(make_engine, monkeypatch):
+    stopped, whole = make_engine(seed=3, epochs=3), make_engine(seed=3, epochs=3)
+    chunk, stop, steps = stopped.config.chunk_tokens, threading.Event(), []
+    accumulate = trainer._accumulate
+
+    def counted(*args):
+        steps.append(1)
+        if len(steps) == 3 + 2:  # the second chunk's second step: the stop comes before its third
+            stop.set()
+        return accumulate(*args)
+
+    monkeypatch.setattr(trainer, "_accumulate", counted)
+    with writing.stop_on(stop), pytest.raises(WriteStopped, match="before a training step"):
+        stopped.add_turns("npc", FACTS[:12])
+    assert len(steps) == 3 + 2 and stopped.stats("npc").chunks_trained == 1
+    with writing.stop_on(threading.Event(), budget=chunk):  # the same stream, its first chunk only
+        whole.add_turns("npc", FACTS[:12])
+    assert stopped.stats("npc").tokens_pending == whole.stats("npc").tokens_pending > chunk
+    weights = [(a, b) for a, b in zip(stopped.bank.parameters("npc"), whole.bank.parameters("npc"), strict=True)]
+    assert all(torch.equal(a, b) for a, b in weights)  # the stopped chunk's two steps left no trace
+    for engine in (stopped, whole):  # and the optimizer state too: the rest trains alike
+        engine.write_tokens("npc", [])
+    assert stopped.stats("npc").chunks_trained == whole.stats("npc").chunks_trained > 1
+    assert all(torch.equal(a, b) for a, b in weights)
 
 
 def test_closing_commits_every_agent_it_can_and_names_the_ones_it_could_not(make_engine, tmp_path):

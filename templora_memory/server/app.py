@@ -48,7 +48,8 @@ class ServerSettings:
     max_import_bytes: int = 2**30
     """Largest agent archive POSTed to /v1/agents/{id}/import."""
     shutdown_timeout: float = 30.0
-    """Seconds replies in flight get to finish on shutdown before they are stopped (and commits get after)."""
+    """Seconds from SIGTERM to exit at most (plus one training step under way): replies in flight get the first
+    half to finish, stopping the jobs still running and committing every agent the second."""
     sync_write_tokens: int = 2048
     """Tokens a request trains before its reply at most; the rest stays pending and is written by background jobs
     that take turns with other agents' requests."""
@@ -141,8 +142,11 @@ def create_app(engine: MemoryEngine, settings: ServerSettings | None = None) -> 
         engine.replies.max_rows = settings.batch_rows
         scheduler.after = service.keep_writing
         yield
-        await app.state.service.scheduler.close()  # running jobs stop at their next chunk or text piece
-        await commit_residents(engine, settings.shutdown_timeout)
+        deadline = time.monotonic() + settings.shutdown_timeout / 2
+        left = await scheduler.close(settings.shutdown_timeout / 2)  # they stop at their next step or text piece
+        if left:
+            log.error("shutdown: jobs of %d agent(s) still running: %s", len(left), left)
+        await commit_residents(engine, max(0.0, deadline - time.monotonic()))
 
     app = FastAPI(title="templora-memory", summary="OpenAI-compatible chat with per-agent memory", lifespan=lifespan)
     install_handlers(app)

@@ -1,7 +1,8 @@
 """Running the app under uvicorn: `serve` in the foreground (the CLI), `BackgroundServer` in a thread.
 
 uvicorn is the standard ASGI server: on SIGINT / SIGTERM it stops accepting connections, gives requests in
-flight `shutdown_timeout` seconds, then runs the app's shutdown, which commits every resident agent.
+flight half of `shutdown_timeout`, then runs the app's shutdown, which stops what still runs and commits every
+resident agent in the other half.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def serve(
     settings = settings or ServerSettings()
     app = create_app(engine, settings)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_timeout
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=settings.shutdown_timeout / 2
     )
     uvicorn.Server(config).run()
 
@@ -58,7 +59,7 @@ class BackgroundServer:
         config = uvicorn.Config(
             create_app(engine, settings),
             log_level=log_level,
-            timeout_graceful_shutdown=settings.shutdown_timeout,
+            timeout_graceful_shutdown=settings.shutdown_timeout / 2,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)

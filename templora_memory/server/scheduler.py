@@ -123,9 +123,10 @@ class Scheduler:
         """Seconds until a place is likely free: the jobs ahead times their average duration, over the workers."""
         return max(1, min(120, math.ceil(self._seconds * max(1, self.size - self.workers + 1) / self.workers)))
 
-    async def close(self) -> None:
-        """Take no more jobs, drop the waiting ones (their clients get `ShuttingDown`), stop the running ones at
-        their next chunk or text piece and let them end."""
+    async def close(self, timeout: float) -> list[str]:
+        """Take no more jobs, drop the waiting ones (their clients get `ShuttingDown`), stop the running ones before
+        their next training step or text piece and wait `timeout` seconds at most for them to end; returns the
+        agents whose jobs were still running then."""
         self._closed = True
         for job in self._running.values():
             job.stop.set()
@@ -135,8 +136,10 @@ class Scheduler:
                 job.future.exception()  # retrieved: nobody may be waiting for it any more
         self._waiting.clear()
         running = [job.future for job in self._running.values()]
-        await asyncio.gather(*running, return_exceptions=True)
-        await asyncio.to_thread(self._pool.shutdown, True)
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        self._pool.shutdown(wait=False)
+        return sorted(agent_id for agent_id, job in self._running.items() if not job.future.done())
 
     def _dispatch(self) -> None:
         """Start the next jobs while workers are free: first in line among the agents not running one."""
@@ -180,7 +183,7 @@ class Scheduler:
 
 
 def _run(job: Job, budget: int | None) -> Any:
-    """On a worker: the job's work, writing at most `budget` tokens and stopped at a chunk boundary once
+    """On a worker: the job's work, writing at most `budget` tokens and stopped before its next training step once
     `job.stop` is set."""
     with stop_on(job.stop, budget):
         return job.work(job.stop)
