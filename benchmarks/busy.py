@@ -77,9 +77,12 @@ def run(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         during = quiet_replies(server.url, args, sent, "during the flood request")
         thread.join()
         sent["flood"] = len(flood) + (outcome["status"] == 200)  # its turns are journaled first; its reply, if any
+        written = server.stats("flood")["tokens_written"]
         backlog = quiet_replies(server.url, args, sent, "during its backlog")
-        pending = server.stats("flood")["tokens_pending"]
-        stop = server.terminate()
+        flood_stats = server.stats("flood")
+        pending, written = flood_stats["tokens_pending"], flood_stats["tokens_written"] - written
+        running = server.get("/health")["queue"]["running"]  # a background write under way: SIGTERM cuts it short
+        stop = server.terminate() | {"jobs_running": running}
     finally:
         server.kill()
     counted = Server(args, store)
@@ -93,7 +96,13 @@ def run(args: argparse.Namespace, store: Path) -> dict[str, Any]:
         "backlog": backlog,
         "ratio_during": _ratio(during, idle),
         "ratio_backlog": _ratio(backlog, idle),
-        "flood": {"bytes": len(json.dumps(flood)), "messages": len(flood), **outcome, "pending_after": pending},
+        "flood": {
+            "bytes": len(json.dumps(flood)),
+            "messages": len(flood),
+            **outcome,
+            "pending_after": pending,
+            "written_during_backlog": written,
+        },
         "sigterm": stop,
         "turns": {"sent": sent, "kept": kept},
     }
@@ -168,10 +177,14 @@ class Server:
 
     def stats(self, agent: str) -> dict[str, Any]:
         """The agent's stats (GET /v1/agents/{id})."""
+        return self.get(f"/v1/agents/{agent}")
+
+    def get(self, path: str) -> dict[str, Any]:
+        """A GET's JSON body."""
         address = urlsplit(self.url)
         http = HTTPConnection(address.hostname, address.port, timeout=60)
         try:
-            http.request("GET", f"/v1/agents/{agent}")
+            http.request("GET", path)
             return json.loads(http.getresponse().read())
         finally:
             http.close()
@@ -200,15 +213,18 @@ def table(result: dict[str, Any]) -> str:
     flood, stop, turns = result["flood"], result["sigterm"], result["turns"]
     lines = [
         f"flood request: {flood['bytes']} bytes in {flood['messages']} messages -> {flood['status']} after "
-        f"{flood['seconds']} s ({flood['error'] or 'no error'}); {flood['pending_after']} tokens still pending after "
-        "the quiet replies",
+        f"{flood['seconds']} s ({flood['error'] or 'no error'}); {flood['written_during_backlog']} of its tokens "
+        f"written during the backlog phase, {flood['pending_after']} still pending after it",
         "| quiet agent's replies | p50 latency (s) | vs idle | statuses |",
         "| --- | --- | --- | --- |",
     ]
     for key, ratio in (("idle", 1.0), ("during", result["ratio_during"]), ("backlog", result["ratio_backlog"])):
         phase = result[key]
         lines.append(f"| {phase['phase']} | {phase['p50_s']} | {ratio}x | {phase['statuses']} |")
-    lines.append(f"SIGTERM during the backlog: exited in {stop['seconds']} s (code {stop['exit_code']}): {stop['log']}")
+    lines.append(
+        f"SIGTERM during the backlog ({stop['jobs_running']} job(s) running): exited in {stop['seconds']} s "
+        f"(code {stop['exit_code']}): {stop['log']}"
+    )
     lost = {agent: turns["sent"][agent] - turns["kept"][agent] for agent in turns["sent"]}
     lines.append(f"turns sent {turns['sent']}, kept after a restart {turns['kept']}, sent minus kept {lost}")
     return "\n".join(lines)

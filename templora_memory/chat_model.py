@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from templora_memory.agent import AgentStats
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import ANY_OBJECT, closed, json_grammar
-from templora_memory.corrections import Forgotten
+from templora_memory.corrections import Corrected, Forgotten
 from templora_memory.engine import MemoryEngine
 from templora_memory.errors import InvalidInputError
 from templora_memory.generation import CHAT_REPETITION_PENALTY, Sampling
@@ -176,6 +176,10 @@ class ParametricMemory(BaseChatModel):
     def forget_turns(self, agent_id: str, turn_ids: Sequence[int] = (), matching: str | None = None) -> Forgotten:
         """Forget turns for good; the adapter is rebuilt without them (see `MemoryEngine.forget_turns`)."""
         return self._engine.forget_turns(agent_id, turn_ids, matching)
+
+    def correct_turn(self, agent_id: str, turn_id: int, content: str) -> Corrected:
+        """Replace what a turn said; the old text is forgotten for good (see `MemoryEngine.correct_turn`)."""
+        return self._engine.correct_turn(agent_id, turn_id, content)
 
     def recalls(self, agent_id: str, limit: int = 16) -> list[Recall]:
         """The user's statements asked of the agent's adapter alone, scored (see `MemoryEngine.recalls`)."""

@@ -1,9 +1,12 @@
-"""What users see of an agent's memory and change in it: its ledger listed, and chosen turns forgotten for good.
+"""What users see of an agent's memory and change in it: its ledger listed, chosen turns forgotten for good, and a
+turn corrected.
 
 `forget_turns` takes turns (by ledger id, or every one whose text contains a string) out of the window, the hybrid
 recall archive, the pending stream and the ledger at once, and commits the agent keeping no earlier version, so
 their text leaves the store. If any of their tokens had reached the adapter, the adapter is put back to the nearest
 snapshot before them and rebuilt without them (`templora_memory.rebuild`); until that ends it is not used at all.
+`correct_turn` tells the corrected text as a new turn by the same speaker and forgets the old one, so the old value
+leaves the adapter as a forgotten turn does and the new one is the newest thing the agent was told.
 """
 
 from __future__ import annotations
@@ -16,10 +19,18 @@ from templora_memory.agent import AgentState
 from templora_memory.conversation import Conversation
 from templora_memory.errors import DamagedAgentError, InvalidInputError, UnknownTurnError
 from templora_memory.ledger import Anchor, Entry, LedgerTurn
+from templora_memory.message import check_messages
 from templora_memory.rebuild import Rebuilder
 from templora_memory.residency import Residency
 from templora_memory.snapshots import Copy
+from templora_memory.window import PromptWindow
 from templora_memory.writing import ChunkWriter
+
+CORRECTABLE = ("user", "assistant")
+"""Roles of the turns `correct_turn` takes (an absorbed text is forgotten and absorbed again instead)."""
+Start = tuple[int, Copy, Anchor] | None
+"""Where a rebuild without some turns starts: the first of them the adapter saw, the snapshot before it and its
+anchor; None when the adapter saw none of them."""
 
 
 class Forgotten(BaseModel):
@@ -35,13 +46,21 @@ class Forgotten(BaseModel):
     """The snapshot the rebuild starts from ("origin": a new adapter); None without a rebuild."""
 
 
-class Corrections:
-    """Lists an agent's ledger and forgets turns from everything that holds them."""
+class Corrected(Forgotten):
+    """What `correct_turn` did: the old turn forgotten (its id in `deleted`, its rebuild if any), the new one told."""
 
-    def __init__(self, residency: Residency, writer: ChunkWriter, rebuilder: Rebuilder) -> None:
+    added: int
+    """The id of the turn that now says it."""
+
+
+class Corrections:
+    """Lists an agent's ledger, forgets turns from everything that holds them, and corrects a turn."""
+
+    def __init__(self, residency: Residency, writer: ChunkWriter, rebuilder: Rebuilder, window: PromptWindow) -> None:
         self.residency = residency
         self.writer = writer
         self.rebuilder = rebuilder
+        self.window = window
         self.tokenizer = rebuilder.renderer.tokenizer
 
     def turns(self, agent_id: str, after: int | None, limit: int | None) -> list[LedgerTurn]:
@@ -63,25 +82,62 @@ class Corrections:
             chosen = self._chosen(state, ids, matching)
             if not chosen:
                 return Forgotten(deleted=[], rebuilding=state.rebuilding, rebuild_tokens=0, rebuilt_from=None)
-            reached = _written(state.conversation, chosen)
-            start = self._start(state, min(reached)) if reached else None  # checked before anything changes
-            _remove(state.conversation, chosen)
-            if start is not None:
-                ledger = state.conversation.ledger
-                ledger.snapshots = [anchor for anchor in ledger.snapshots if anchor.before(min(reached))]
-                self.rebuilder.start(state, *start)
-            state.kv = state.archive_index = None  # what was computed from their text
-            self.residency.commit(state, weights=True, purge=True)
-            self.rebuilder.snapshots.prune(state)
-            rebuild = state.conversation.ledger.rebuild
-        if rebuild is not None:
+            forgotten = self._forget(state, chosen, self._start(state, chosen))
+        if forgotten.rebuilding:
             self.rebuilder.schedule(agent_id)
+        return forgotten
+
+    def correct_turn(self, agent_id: str, turn_id: int, content: str) -> Corrected:
+        """Tell `content` as a new turn by the speaker of turn `turn_id`, then forget that turn. The new turn is
+        journaled before the old one is taken out, so a crash in between leaves both, never neither."""
+        _checked_ids([turn_id], None)
+        message = _checked_correction(content)
+        self.residency.require(agent_id)
+        with self.residency.locked(agent_id) as state:
+            self.writer.settle(state, True)
+            role = self._correctable_role(state, turn_id)
+            start = self._start(state, {turn_id})  # checked before anything changes
+            told = self.window.render([{**message, "role": role}], state.conversation.last_message)
+            self.residency.journal(state, told)
+            state.conversation.append(told[0])
+            added = state.conversation.ledger.entries[-1].id
+            forgotten = self._forget(state, {turn_id}, start)
+        if forgotten.rebuilding:
+            self.rebuilder.schedule(agent_id)
+        return Corrected(**forgotten.model_dump(), added=added)
+
+    def _forget(self, state: AgentState, chosen: set[int], start: Start) -> Forgotten:
+        """Take the chosen turns out of everything, start the adapter's rebuild from `start`, commit keeping no
+        earlier version."""
+        _remove(state.conversation, chosen)
+        if start is not None:
+            first, copy, anchor = start
+            ledger = state.conversation.ledger
+            ledger.snapshots = [kept for kept in ledger.snapshots if kept.before(first)]
+            self.rebuilder.start(state, copy, anchor)
+        state.kv = state.archive_index = None  # what was computed from their text
+        self.residency.commit(state, weights=True, purge=True)
+        self.rebuilder.snapshots.prune(state)
+        rebuild = state.conversation.ledger.rebuild
         return Forgotten(
             deleted=sorted(chosen),
             rebuilding=rebuild is not None,
             rebuild_tokens=rebuild.total if rebuild is not None else 0,
-            rebuilt_from=start[0].name if start is not None else None,
+            rebuilt_from=start[2].name if start is not None else None,
         )
+
+    def _correctable_role(self, state: AgentState, turn_id: int) -> str:
+        """The role of turn `turn_id`; an error when the ledger does not hold it or it is not a user or assistant
+        turn."""
+        self._chosen(state, [turn_id], None)  # UnknownTurnError when it is not held
+        role = next(entry.role for entry in state.conversation.ledger.entries if entry.id == turn_id)
+        if role not in CORRECTABLE:
+            raise InvalidInputError(
+                f"turn {turn_id} is a {role} entry; only user and assistant turns can be corrected (forget an absorbed "
+                "text and absorb the corrected one)",
+                param="turn_id",
+            )
+        return role
 
     def _chosen(self, state: AgentState, ids: list[int], matching: str | None) -> set[int]:
         """The ids of the turns to forget; `UnknownTurnError` for an id the ledger does not hold."""
@@ -97,13 +153,17 @@ class Corrections:
         found = {entry.id for entry in entries if needle is not None and needle in self._text(entry).casefold()}
         return set(ids) | found
 
-    def _start(self, state: AgentState, first: int) -> tuple[Copy, Anchor]:
-        """The newest snapshot before entry `first` that reads back whole, with its anchor; an error saying why when
-        none does (nothing has changed yet)."""
+    def _start(self, state: AgentState, chosen: set[int]) -> Start:
+        """Where the adapter's rebuild without the chosen turns starts: the newest snapshot before the first of them
+        it saw that reads back whole (None: it saw none); an error saying why when none does."""
+        reached = _written(state.conversation, chosen)
+        if not reached:
+            return None
+        first = min(reached)
         candidates = [anchor for anchor in state.conversation.ledger.starts() if anchor.before(first)]
         for anchor in reversed(candidates):
             try:
-                return self.rebuilder.snapshots.read(state, anchor), anchor
+                return first, self.rebuilder.snapshots.read(state, anchor), anchor
             except DamagedAgentError as exc:
                 problem = exc
         reason = f"its snapshots before it are damaged ({problem})" if candidates else "no snapshot lies before it"
@@ -175,6 +235,15 @@ def _checked_ids(turn_ids: object, matching: object) -> list[int]:
     if not ids and matching is None:
         raise InvalidInputError("name the turns to forget: turn_ids=[...] (ids from turns()) or matching='some text'")
     return ids
+
+
+def _checked_correction(content: object) -> dict[str, str]:
+    """The corrected turn's message (its role filled in later); a non-blank string is required."""
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidInputError(f"content must be the corrected turn's text, got {content!r:.60}", "content")
+    message = {"role": "user", "content": content}
+    check_messages([message])
+    return message
 
 
 def _check_page(after: object, limit: object) -> None:

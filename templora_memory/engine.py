@@ -28,7 +28,7 @@ from templora_memory.agent import AgentSnapshot, AgentState, AgentStats, check_a
 from templora_memory.budget import budgeted, check_complete, markup_tokens
 from templora_memory.config import TempLoraConfig
 from templora_memory.constrained import Constraint, GrammarCache
-from templora_memory.corrections import Corrections, Forgotten
+from templora_memory.corrections import Corrected, Corrections, Forgotten
 from templora_memory.decoding import decoder_for
 from templora_memory.devices import place
 from templora_memory.distill import ProbeTeacher
@@ -81,7 +81,7 @@ class MemoryEngine:
     ) -> None:
         """Load the model; `store` (a directory, s3:// URL or AgentStore) persists agents; `max_resident` bounds RAM."""
         self.config = config or TempLoraConfig()
-        check_max_resident(max_resident)
+        self.max_resident = check_max_resident(max_resident)  # most adapters kept in RAM (None: no limit)
         base, self.tokenizer, self.model_name = loaded or load_model(model)
         base, self.device = place(base, self.config.device)
         self.context_tokens = int(getattr(base.config, "max_position_embeddings", 2048))
@@ -98,11 +98,6 @@ class MemoryEngine:
         self.replies = ReplyBatch(self.decoder, self.bank, self._model_lock)  # replies running at once: one batch
         parts = _memory_parts(self, base, open_store(store, spill=max_resident is not None), max_resident, replica)
         self.store, self._residency, self._writer, self._rebuilds, self._corrections, self._readout = parts
-
-    @property
-    def max_resident(self) -> int | None:
-        """Most adapters kept in RAM (None: no limit)."""
-        return self._residency.max_resident
 
     # ----- agents -------------------------------------------------------------------------
 
@@ -155,6 +150,11 @@ class MemoryEngine:
         """Forget turns (by id, or whose text contains `matching`): out of window, archive, ledger and store at once;
         the adapter is rebuilt without them in the background, unused until then (`templora_memory.rebuild`)."""
         return self._corrections.forget_turns(agent_id, turn_ids, matching)
+
+    def correct_turn(self, agent_id: str, turn_id: int, content: str) -> Corrected:
+        """Replace what a user or assistant turn said: `content` becomes a new turn by the same speaker and the old
+        one is forgotten as by `forget_turns` (the adapter rebuilt without it)."""
+        return self._corrections.correct_turn(agent_id, turn_id, content)
 
     def recalls(self, agent_id: str, limit: int = 16) -> list[Recall]:
         """The user's newest `limit` statements asked of the adapter alone: answered, likely or lost (`readout`)."""
@@ -398,7 +398,7 @@ def _memory_parts(
     rebuilder = Rebuilder(writer, snapshots, residency, engine.renderer, engine.config)
     residency.loaded, writer.catch_up = rebuilder.resume, rebuilder.finish
     readout = Readout(residency, engine.renderer, engine.encode, engine.log_likelihood, engine.stream_completion)
-    return store, residency, writer, rebuilder, Corrections(residency, writer, rebuilder), readout
+    return store, residency, writer, rebuilder, Corrections(residency, writer, rebuilder, engine._window), readout
 
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> set[int]:

@@ -35,12 +35,13 @@ Settle = Callable[[AgentState, bool], None]
 """The writer's `settle`: takes in (waiting, if asked) a chunk the agent is training in the background."""
 
 
-def check_max_resident(max_resident: object) -> None:
-    """`max_resident` must be a positive integer, or None for no limit."""
+def check_max_resident(max_resident: object) -> int | None:
+    """`max_resident`, which must be a positive integer, or None for no limit."""
     if max_resident is not None and (
         isinstance(max_resident, bool) or not isinstance(max_resident, int) or max_resident < 1
     ):
         raise ConfigError(f"max_resident must be a positive integer or None (no limit), got {max_resident!r}")
+    return max_resident
 
 
 class Residency:

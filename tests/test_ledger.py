@@ -172,6 +172,46 @@ def test_a_turn_before_every_snapshot_is_refused_and_nothing_changes(make_engine
     assert engine.turns("npc")[0] == oldest and same(weights(engine), before)
 
 
+def test_a_corrected_turn_is_told_anew_and_the_old_text_leaves_everything(make_engine, tmp_path):
+    store = tmp_path / "store"
+    engine = make_engine(store=store, snapshot_tokens=64)
+    engine.add_turns("npc", talk(0, 30, secret_at=20))
+    engine.wait("npc")
+    corrected = engine.correct_turn("npc", 21, "turn 20 about the mill. The gate code is OTTER-1234.")
+    assert corrected.deleted == [21] and corrected.added == 31 and corrected.rebuilding
+    assert not store_bytes_with(store, SECRET) and store_bytes_with(store, "OTTER-1234")
+    listed = engine.turns("npc")
+    assert [t.id for t in listed] == [i for i in range(1, 32) if i != 21]
+    assert listed[-1].role == "user" and listed[-1].content.endswith("OTTER-1234.") and not listed[-1].written
+    assert engine.window("npc")[-1]["content"].endswith("OTTER-1234.")
+    engine.wait("npc")
+    assert not engine.stats("npc").rebuilding and not store_bytes_with(store, SECRET)
+    listed = engine.turns("npc")
+    engine.close()
+    restarted = make_engine(store=store)
+    assert restarted.turns("npc") == listed
+    stats = restarted.stats("npc")
+    assert stats.tokens_written + stats.tokens_pending == sum(t.tokens for t in restarted.turns("npc"))
+
+
+def test_a_correction_that_cannot_be_made_changes_nothing(make_engine):
+    engine = make_engine(ledger_turns=16, snapshot_tokens=0)
+    for start in range(0, 40, 4):
+        engine.add_turns("npc", talk(start, start + 4))
+    engine.wait("npc")
+    engine.absorb("npc", "The mill was built in 1820.", progress=False)
+    before, oldest, text = engine.turns("npc"), engine.turns("npc")[0], engine.turns("npc")[-1]
+    with pytest.raises(InvalidInputError, match="no snapshot lies before it"):
+        engine.correct_turn("npc", oldest.id, "turn 0, corrected")
+    with pytest.raises(InvalidInputError, match="only user and assistant turns can be corrected"):
+        engine.correct_turn("npc", text.id, "built in 1821")
+    with pytest.raises(InvalidInputError, match="content must be the corrected turn's text"):
+        engine.correct_turn("npc", before[-2].id, "  ")
+    with pytest.raises(UnknownTurnError, match="no turn 999"):
+        engine.correct_turn("npc", 999, "anything")
+    assert engine.turns("npc") == before
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [

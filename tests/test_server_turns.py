@@ -1,5 +1,6 @@
 """The routes that inspect and correct an agent's memory (issue 27), on the tiny model through plain `httpx`: the
-ledger paged, turns forgotten one by one and by text, the recall readout; the API key guards them all."""
+ledger paged, turns forgotten one by one and by text, a turn corrected, the recall readout; the API key guards them
+all."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def test_the_ledger_routes_page_forget_and_read_out_behind_the_key(make_engine, 
     assert [t["id"] for t in listed] == [i for i in range(2, 25) if i != 7]
     assert httpx.delete(f"{agent}/turns", params={"matching": "nothing like it"}, headers=KEY).json()["deleted"] == []
 
+    assert httpx.patch(f"{agent}/turns/2", json={"content": "It was turn one."}).status_code == 401
+    fixed = httpx.patch(f"{agent}/turns/2", json={"content": "It was turn one."}, headers=KEY, timeout=60).json()
+    assert fixed["object"] == "agent.turn.corrected" and fixed["deleted"] == [2] and fixed["added"] == 25
+    newest = httpx.get(f"{agent}/turns", params={"after": 24}, headers=KEY).json()["data"]
+    assert [(t["id"], t["role"], t["content"]) for t in newest] == [(25, "assistant", "It was turn one.")]
+
 
 @pytest.mark.parametrize(
     ("method", "path", "params", "status", "param"),
@@ -59,11 +66,18 @@ def test_the_ledger_routes_page_forget_and_read_out_behind_the_key(make_engine, 
         ("delete", "/v1/agents/ghost/turns/1", {}, 404, "agent_id"),
         ("get", "/v1/agents/ghost/recalls", {}, 404, "agent_id"),
         ("delete", "/v1/agents/npc/turns/99", {}, 404, "turn_id"),
+        ("patch", "/v1/agents/npc/turns/99", {"content": "new"}, 404, "turn_id"),
+        ("patch", "/v1/agents/npc/turns/x", {"content": "new"}, 400, "turn_id"),
+        ("patch", "/v1/agents/npc/turns/1", {"content": ""}, 400, "content"),
+        ("patch", "/v1/agents/npc/turns/1", {"content": 5}, 400, "content"),
+        ("patch", "/v1/agents/npc/turns/1", {"text": "new"}, 400, "content"),
+        ("patch", "/v1/agents/ghost/turns/1", {"content": "new"}, 404, "agent_id"),
     ],
 )
 def test_bad_requests_name_what_was_wrong(make_engine, start_server, method, path, params, status, param):
     engine = make_engine()
     engine.add_turns("npc", talk(0, 2))
     server = start_server(engine)
-    response = httpx.request(method, f"{server.url}{path}", params=params, timeout=60)
+    body = {"json": params} if method == "patch" else {"params": params}
+    response = httpx.request(method, f"{server.url}{path}", **body, timeout=60)
     assert response.status_code == status and response.json()["error"]["param"] == param, response.text

@@ -187,3 +187,10 @@ class CompletionRequest(_Generation):
     logprobs: Literal[False, 0] | None = None
     echo: Literal[False] | None = None
     suffix: None = None
+
+
+class Correction(_Open):
+    """The body of `PATCH .../turns/{turn_id}`."""
+
+    content: StrictStr = Field(min_length=1)
+    """What the turn should have said."""

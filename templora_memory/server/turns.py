@@ -2,7 +2,9 @@
 what its adapter recalls.
 
 `GET .../turns` pages through the ledger (`after` a turn id, `limit` turns); `DELETE .../turns/{turn_id}` forgets one
-turn and `DELETE .../turns?matching=text` every turn containing the text; `GET .../recalls` scores the facts the
+turn and `DELETE .../turns?matching=text` every turn containing the text; `PATCH .../turns/{turn_id}` with
+`{"content": ...}` corrects a turn (the new text told as a new turn, the old one forgotten); `GET .../recalls` scores
+the facts the
 user stated against the adapter. Each runs through the scheduler, in order with the agent's replies. A deletion
 answers once the turns are gone from the window, the archive, the ledger and the store; the adapter's rebuild
 goes on in the background (the agent's stats show `rebuilding`).
@@ -19,6 +21,7 @@ from templora_memory.errors import UnknownAgentError, UnknownTurnError
 from templora_memory.server.agents import not_found, run_for_agent
 from templora_memory.server.chat import checked_agent_id
 from templora_memory.server.http_errors import ApiError
+from templora_memory.server.schemas import Correction
 
 router = APIRouter(prefix="/v1/agents")
 PAGE = 100
@@ -57,6 +60,21 @@ async def forget_turn(agent_id: str, turn_id: str, request: Request) -> dict:
         request, agent_id, "forget_turns", lambda stop: _found(lambda: engine.forget_turns(agent_id, [number]))
     )
     return {"id": number, "object": "agent.turn.deleted", **done.model_dump(exclude={"deleted"}), "deleted": True}
+
+
+@router.patch("/{agent_id}/turns/{turn_id}")
+async def correct_turn(agent_id: str, turn_id: str, body: Correction, request: Request) -> dict:
+    """Correct one turn: its new text is told as a new turn by the same speaker and the old one forgotten for good."""
+    engine = request.app.state.service.engine
+    checked_agent_id(agent_id, "agent_id")
+    number = _integer(turn_id, "turn_id", 0)
+    done = await run_for_agent(
+        request,
+        agent_id,
+        "forget_turns",
+        lambda stop: _found(lambda: engine.correct_turn(agent_id, number, body.content)),
+    )
+    return {"id": number, "object": "agent.turn.corrected", **done.model_dump()}
 
 
 @router.delete("/{agent_id}/turns")
