@@ -19,6 +19,15 @@ and so is the storage (fp32 adapter, AdamW moments stored), so restarted engines
 ones, which the persistence, crash and Ray tests compare; the compact storage is tested in test_store."""
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `-n 2 --dist loadgroup` (the README's test command), the tests of the real default model run on one
+    worker, which loads it once, and the Ray tests on one worker, which starts one local Ray instance."""
+    for item in items:
+        for mark in ("real_model", "ray"):
+            if item.get_closest_marker(mark) is not None:
+                item.add_marker(pytest.mark.xdist_group(mark))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Model conversions go to one per-session cache, never the user's home."""
