@@ -20,7 +20,7 @@ demo: setup
 	$(VENV)/bin/templora-memory demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
