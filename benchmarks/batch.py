@@ -8,7 +8,8 @@ ignored, and a batch of n agents (the engine's `ReplyBatch`) is read round-robin
 interleaved and repeated; medians are reported. Next to each: the single-stream rate (one agent alone, today's
 path), whether every batched reply has the tokens of the same reply decoded alone, the mean rows per batched
 step, and what a step costs: the base weights alone (every linear layer's matrix product at n rows, the part a
-batch shares) and the rest per row (LoRA, attention, cache, picking, Python).
+batch shares) and the rest per row (LoRA, attention, cache, picking, Python). Under the table, one step of 1 and of
+n rows split by the profiler (`batch_split`): base weights, attention, LoRA, other ops, Python, and what a row adds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks import common
+from benchmarks import batch_split, common
 from templora_memory.config import TempLoraConfig
 from templora_memory.engine import MemoryEngine
 from templora_memory.generation import Sampling, generate_tokens
@@ -63,6 +64,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         prompts = agent_prompts(engine, text, max(counts), args.prompt_tokens)
         key = f"{weights} ({getattr(engine.decoder, 'weights', '-')})"
         result["weights"][key] = decode_rows(engine, prompts, counts, args.reply_tokens, args.repeats)
+        if max(counts) > 1:
+            result["weights"][key]["step_split"] = batch_split.step_split(engine, prompts, max(counts))
         if "beside_writes" not in result and (args.write_tokens or args.write_tokens is None):
             written = text[-(args.write_tokens or engine.config.chunk_tokens) :]
             result["beside_writes"] = beside_writes(engine, prompts, args.reply_tokens, written)
@@ -236,6 +239,8 @@ def table(result: dict[str, Any]) -> str:
                 f"{row['times_single_stream']:>9} {row['same_tokens_as_alone']:>12} {row['rows_per_step']:>10} "
                 f"{row['step_ms']:>8} {row['base_weights_ms']:>16} {row['rest_per_row_ms']:>12}"
             )
+        if "step_split" in block:
+            lines.extend(batch_split.split_lines(block["step_split"]))
     if beside := result.get("beside_writes"):
         lines.append(
             f"writes beside replies ({beside['agents']} agents decoding, {beside['tokens_written']} tokens written): "

@@ -134,9 +134,10 @@ class _RowCaches:
         self.caches = caches
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args, **kwargs):
-        """Append keys and values (B, H, 1, D) row by row; returns the rows' keys and values, (1, H, T_i, D) each."""
+        """Append keys and values (B, H, 1, D) row by row to the layer's own cache layer (every one holds a prompt);
+        returns the rows' keys and values, (1, H, T_i, D) each."""
         rows = zip(keys.split(1), values.split(1), self.caches, strict=True)
-        held = [cache.past.update(k, v, layer_idx) for k, v, cache in rows]
+        held = [cache.past.layers[layer_idx].update(k, v) for k, v, cache in rows]
         return [k for k, _ in held], [v for _, v in held]
 
 

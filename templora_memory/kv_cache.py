@@ -34,16 +34,19 @@ class GrowingLayer(DynamicLayer):
     """A `DynamicLayer` that appends new states into spare room of one buffer instead of copying the whole cache
     for every token (transformers concatenates: 47 MB per token at a 1K window on SmolLM2)."""
 
+    _key_room: torch.Tensor | None = None
+    _value_room: torch.Tensor | None = None
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        self.keys, self._key_room = _append(self.keys, getattr(self, "_key_room", None), key_states)
-        self.values, self._value_room = _append(self.values, getattr(self, "_value_room", None), value_states)
+        self.keys, self._key_room = _append(self.keys, self._key_room, key_states)
+        self.values, self._value_room = _append(self.values, self._value_room, value_states)
         return self.keys, self.values
 
     def held_bytes(self) -> int:
         """RAM of the buffers, spare room included."""
-        rooms = [getattr(self, "_key_room", None), getattr(self, "_value_room", None)]
+        rooms = [self._key_room, self._value_room]
         held = [r if _fills_start(t, r) else t for t, r in zip((self.keys, self.values), rooms, strict=True)]
         return sum(t.nbytes for t in held if t is not None)
 
@@ -60,13 +63,13 @@ def _append(held: torch.Tensor, room: torch.Tensor | None, new: torch.Tensor) ->
     `held` is no longer its start, e.g. after an eviction); returns (the view, the room)."""
     length = held.shape[-2] if held.dim() == 4 else 0
     needed = length + new.shape[-2]
-    if room is None or not _fills_start(held, room) or room.shape[-2] < needed:
+    if room is None or room.shape[-2] < needed or not _fills_start(held, room):
         grown = new.new_empty(*new.shape[:-2], needed + max(SPARE_TOKENS, needed // 4), new.shape[-1])
         if length:
-            grown[..., :length, :].copy_(held)
+            grown.narrow(-2, 0, length).copy_(held)
         room = grown
-    room[..., length:needed, :].copy_(new)
-    return room[..., :needed, :], room
+    room.narrow(-2, length, new.shape[-2]).copy_(new)  # narrow: cheaper than indexing, twice per row and layer
+    return room.narrow(-2, 0, needed), room
 
 
 def _fills_start(held: torch.Tensor, room: torch.Tensor | None) -> bool:

@@ -4,10 +4,11 @@ per step, and leaves when it ends or its reader stops reading.
 `ReplyBatch.tokens` is the batched `generate_tokens`: each reply's tokens are picked by its own `TokenPicker`
 (grammar, repetition penalty, sampling, end of sequence, length) from its own row of logits, so a reply gets the
 tokens it would get alone. The batch has no thread of its own: a reader that needs a token while none is ready
-runs the next step, for every reply in the batch, and the other readers find theirs ready. A joining reply's
-prompt runs alone in its first step (its prefill); from then on it is a row of the batched step
-(`batched_decoding.batched_logits`). At most `max_rows` replies are in the batch; later ones wait in the order
-they came.
+runs the next step, for every reply in the batch, and the other readers find theirs ready. A joining reply whose
+cache holds all of its prompt but the last token (an agent that keeps talking, or a prompt run again) is a row of
+the batched step (`batched_decoding.batched_logits`) at once; any other runs its prompt alone in its first step (its
+prefill) and is a row from then on. At most `max_rows` replies are in the batch; later ones wait in the order they
+came.
 
 Steps run on the decode model with each reply's own copy of its LoRA, taken from the adapter bank when the reply
 joins, and take no lock that training holds: training runs beside the steps instead of between them, and
@@ -134,12 +135,13 @@ class ReplyBatch:
                     self._step()
 
     def _step(self) -> None:
-        """One step: rows that left go, waiting ones join and run their prompt alone, the others get their next token
-        from one batched forward (a lone one runs alone: the single reply's own path)."""
-        joining = self._admit()
+        """One step: rows that left go, waiting ones join (those with more than one prompt token to run run them alone),
+        the others get their next token from one batched forward (a lone one runs alone: the single reply's own path).
+        """
+        prefills = [row for row in self._admit() if not _one_token(row)]
         with self._state:
-            rows = [r for r in self._rows if r not in joining]
-        for row in [*joining, *rows] if len(rows) < 2 else joining:
+            rows = [r for r in self._rows if r not in prefills]
+        for row in [*prefills, *rows] if len(rows) < 2 else prefills:
             with self._slots.rows(*((row.slot, row.slot + 1) if row.slot is not None else (0, 0))):
                 self._run([row], lambda row=row: torch_step(self.decoder.model, row.cache)(row.feed)[None])
         if len(rows) > 1:
@@ -186,7 +188,8 @@ class ReplyBatch:
 
     def _admit(self) -> list[_Row]:
         """Drop the rows that ended or were closed (freeing their slots), admit waiting ones up to `max_rows` (their
-        LoRA copied into the next slots, their cache aligned to their prompt); returns the admitted ones."""
+        cache aligned to their prompt, their LoRA copied into the next slots: first those with one token to run, so
+        that the rows of a batched step hold slots 0..k-1); returns the admitted ones."""
         with self._state:
             for row in [r for r in self._rows if r.ended or r.closed]:
                 self._remove(row)
@@ -196,11 +199,15 @@ class ReplyBatch:
                     self._rows.append(row)
                     row.slot = None if row.agent_id is None else sum(r.slot is not None for r in self._rows)
             joining = [r for r in self._rows if not r.feed]
-            self._rows.sort(key=lambda r: (r.slot is None, r.slot or 0))
         for row in joining:
-            if row.slot is not None:
-                self._slots.load(row.slot, self.bank, row.agent_id)
             row.feed = row.cache.align(row.prompt)
+        slotted = sorted((r for r in joining if r.slot is not None), key=lambda r: not _one_token(r))
+        with self._state:
+            for slot, row in zip(sorted(r.slot for r in slotted), slotted, strict=True):
+                row.slot = slot
+            self._rows.sort(key=lambda r: (r.slot is None, r.slot or 0))
+        for row in slotted:
+            self._slots.load(row.slot, self.bank, row.agent_id)
         return joining
 
     def _remove(self, row: _Row) -> None:
@@ -212,3 +219,8 @@ class ReplyBatch:
         if last is not None and last.slot > row.slot:
             self._slots.move(last.slot, row.slot)
             last.slot = row.slot
+
+
+def _one_token(row: _Row) -> bool:
+    """Whether the row has one token to run over states its cache holds: a row of a batched step, joining or not."""
+    return len(row.feed) == 1 and row.cache.past is not None and row.cache.past.get_seq_length() > 0

@@ -312,3 +312,43 @@ def test_agents_answered_at_once_reply_as_they_do_one_at_a_time(make_engine):
     assert together.replies.rows_stepped > together.replies.steps > 0, "no two replies were decoded together"
     trained = [alone.stats(agent).chunks_trained for agent in "abc"]
     assert min(trained) >= 1 and [together.stats(agent).chunks_trained for agent in "abc"] == trained
+
+
+def test_a_reply_whose_prompt_is_in_its_cache_joins_the_batched_step_at_once(make_engine):
+    engine = _engine(make_engine, decode_weights="fp32")
+    batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
+    sampling = Sampling(max_new_tokens=5, ignore_eos=True)
+    prompts, cache = _prompts(2), PromptCache()
+    list(batch.tokens("b", prompts[1], Sampling(max_new_tokens=1), set(), cache))  # b's prompt is in its cache now
+    first = batch.tokens("a", prompts[0], sampling, set())
+    heads = [next(first)]  # a's prompt runs alone
+    again = batch.tokens("b", prompts[1], sampling, set(), cache)
+    heads.append(next(again))  # b has only its prompt's last token to run: no step of its own, a row at once
+    assert (batch.steps, batch.rows_stepped) == (1, 2)
+    rest = _read_together([first, again])
+    for agent, prompt, head, tail in zip("ab", prompts, heads, rest, strict=True):
+        assert [head, *tail] == _alone_tokens(engine, agent, prompt, sampling)
+
+
+def test_replies_joining_in_one_step_with_and_without_a_prefill_each_keep_their_own_lora(make_engine):
+    engine = _engine(make_engine, decode_weights="fp32")
+    batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
+    sampling = Sampling(max_new_tokens=6, ignore_eos=True)
+    prompts, cache = _prompts(3), PromptCache()
+    list(batch.tokens("c", prompts[2], Sampling(max_new_tokens=1), set(), cache))  # c's prompt is in its cache now
+    first = batch.tokens("a", prompts[0], sampling, set())
+    head = next(first)
+    joining = [batch.tokens("b", prompts[1], sampling, set()), batch.tokens("c", prompts[2], sampling, set(), cache)]
+    tails: list[list[int]] = [[], []]
+    readers = [threading.Thread(target=lambda i=i: tails[i].extend(joining[i])) for i in range(2)]
+    with batch._stepping:  # b (a prefill, slot 1) and c (one token, slot 2) wait, then join in one step
+        for count, reader in enumerate(readers, 1):
+            reader.start()
+            while len(batch._waiting) < count:
+                threading.Event().wait(0.01)
+    rest = list(first)
+    for reader in readers:
+        reader.join()
+    assert [head, *rest] == _alone_tokens(engine, "a", prompts[0], sampling)
+    for agent, prompt, tail in zip("bc", prompts[1:], tails, strict=True):
+        assert tail == _alone_tokens(engine, agent, prompt, sampling), agent

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("nltk")
 
 import benchmarks  # noqa: E402
-from benchmarks import batch, common, constrain, cost, locomo, pg19, recipes, scale, serve, speed, suites  # noqa: E402
+from benchmarks import batch, batch_split, common, constrain, cost, locomo, pg19, recipes, scale, serve, speed, suites  # noqa: E402
 from benchmarks import locomo_data as data  # noqa: E402
 from templora_memory.errors import InvalidInputError  # noqa: E402
 from templora_memory.generation import Sampling  # noqa: E402
@@ -277,12 +277,16 @@ def test_batch_times_agents_decoded_together_and_alone(make_engine):
     result = batch.decode_rows(engine, prompts, [1, 2], reply_tokens=4, repeats=1)
     assert result["rows"]["2"]["same_tokens_as_alone"] == "2/2" and result["rows"]["2"]["rows_per_step"] > 1
     assert result["rows"]["1"]["batched_tokens_per_s"] > 0 and result["rows"]["2"]["base_weights_ms"] > 0
+    result["step_split"] = batch_split.step_split(engine, prompts, rows=2, steps=1)
+    assert (
+        result["step_split"]["n_rows_ms"]["base_weights"] > 0 and "python" in result["step_split"]["per_added_row_ms"]
+    )
     beside = batch.beside_writes(engine, prompts, reply_tokens=4, tokens=list(range(5, 37)))
     assert beside["decode_rounds_beside_write"] >= 1 and beside["write_s_beside_replies"] > 0
     assert engine.stats("batch-writer-beside").tokens_written == 32
     run = {"torch_threads": 1, "machine": {"load_average": (0.0, 0.0, 0.0)}}
     printed = batch.table({"weights": {"fp32": result}, "beside_writes": beside, "run": run})
-    assert "rest ms/row" in printed and "writes beside replies" in printed
+    assert "rest ms/row" in printed and "writes beside replies" in printed and "per added row" in printed
 
 
 def test_constrain_measures_each_library_on_a_valid_answer(tokenizer):
