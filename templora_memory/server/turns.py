@@ -71,7 +71,7 @@ async def correct_turn(agent_id: str, turn_id: str, body: Correction, request: R
     done = await run_for_agent(
         request,
         agent_id,
-        "forget_turns",
+        "correct_turn",
         lambda stop: _found(lambda: engine.correct_turn(agent_id, number, body.content)),
     )
     return {"id": number, "object": "agent.turn.corrected", **done.model_dump()}
