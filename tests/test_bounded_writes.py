@@ -135,10 +135,10 @@ def test_a_write_stopped_between_two_steps_leaves_the_adapter_as_before_that_chu
 
     monkeypatch.setattr(trainer, "_accumulate", counted)
     with writing.stop_on(stop), pytest.raises(WriteStopped, match="before a training step"):
-        stopped.add_turns("npc", FACTS[:12])
+        stopped.add_turns("npc", FACTS[:5])
     assert len(steps) == 3 + 2 and stopped.stats("npc").chunks_trained == 1
     with writing.stop_on(threading.Event(), budget=chunk):  # the same stream, its first chunk only
-        whole.add_turns("npc", FACTS[:12])
+        whole.add_turns("npc", FACTS[:5])
     assert stopped.stats("npc").tokens_pending == whole.stats("npc").tokens_pending > chunk
     weights = [(a, b) for a, b in zip(stopped.bank.parameters("npc"), whole.bank.parameters("npc"), strict=True)]
     assert all(torch.equal(a, b) for a, b in weights)  # the stopped chunk's two steps left no trace
