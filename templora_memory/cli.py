@@ -42,7 +42,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    if args.threads is not None:
+    if getattr(args, "threads", None) is not None:  # a command without the option (a table of results) sets none
         import torch
 
         torch.set_num_threads(args.threads)

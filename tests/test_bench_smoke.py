@@ -106,6 +106,7 @@ def test_locomo_reports_every_condition_and_never_writes_questions(make_engine, 
     result["run"] = {"config": engine.config.model_dump(), "torch_threads": 1}
     common.write_json(tmp_path / "recipe.json", result)
     (row,) = recipes.main(argparse.Namespace(results=[str(tmp_path / "recipe.json")], form="plain", out=None))
+    assert benchmarks.main(["recipes", str(tmp_path / "recipe.json"), "--form", "plain"]) == 0  # as a command too
     assert row["nll"]["adapter"] == result["conditions"]["adapter"]["plain"]["nll"]
     assert row["adapter_vs_control"] == result["paired"]["adapter_vs_control"]["plain"]
     assert row["recipe"] == {"learning_rate": 1e-2}  # the only recipe field the tiny config changes
