@@ -314,12 +314,18 @@ def test_agents_answered_at_once_reply_as_they_do_one_at_a_time(make_engine):
     assert min(trained) >= 1 and [together.stats(agent).chunks_trained for agent in "abc"] == trained
 
 
-def test_a_reply_whose_prompt_is_in_its_cache_joins_the_batched_step_at_once(make_engine):
+def _cached_batch(make_engine, count: int, new_tokens: int):
+    """An fp32 engine, a batch over it, `count` prompts for agents "a", "b", ..., the last agent's prompt already in
+    the returned cache (one token decoded), and the sampling of the replies under test."""
     engine = _engine(make_engine, decode_weights="fp32")
     batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
-    sampling = Sampling(max_new_tokens=5, ignore_eos=True)
-    prompts, cache = _prompts(2), PromptCache()
-    list(batch.tokens("b", prompts[1], Sampling(max_new_tokens=1), set(), cache))  # b's prompt is in its cache now
+    prompts, cache = _prompts(count), PromptCache()
+    list(batch.tokens("abc"[count - 1], prompts[-1], Sampling(max_new_tokens=1), set(), cache))
+    return engine, batch, Sampling(max_new_tokens=new_tokens, ignore_eos=True), prompts, cache
+
+
+def test_a_reply_whose_prompt_is_in_its_cache_joins_the_batched_step_at_once(make_engine):
+    engine, batch, sampling, prompts, cache = _cached_batch(make_engine, 2, 5)  # b's prompt is in its cache
     first = batch.tokens("a", prompts[0], sampling, set())
     heads = [next(first)]  # a's prompt runs alone
     again = batch.tokens("b", prompts[1], sampling, set(), cache)
@@ -331,11 +337,7 @@ def test_a_reply_whose_prompt_is_in_its_cache_joins_the_batched_step_at_once(mak
 
 
 def test_replies_joining_in_one_step_with_and_without_a_prefill_each_keep_their_own_lora(make_engine):
-    engine = _engine(make_engine, decode_weights="fp32")
-    batch = ReplyBatch(engine.decoder, engine.bank, threading.RLock())
-    sampling = Sampling(max_new_tokens=6, ignore_eos=True)
-    prompts, cache = _prompts(3), PromptCache()
-    list(batch.tokens("c", prompts[2], Sampling(max_new_tokens=1), set(), cache))  # c's prompt is in its cache now
+    engine, batch, sampling, prompts, cache = _cached_batch(make_engine, 3, 6)  # c's prompt is in its cache
     first = batch.tokens("a", prompts[0], sampling, set())
     head = next(first)
     joining = [batch.tokens("b", prompts[1], sampling, set()), batch.tokens("c", prompts[2], sampling, set(), cache)]
