@@ -19,7 +19,6 @@ from templora_memory.agent import AgentState
 from templora_memory.conversation import Conversation
 from templora_memory.errors import DamagedAgentError, InvalidInputError, UnknownTurnError
 from templora_memory.ledger import Anchor, Entry, LedgerTurn
-from templora_memory.message import check_messages
 from templora_memory.rebuild import Rebuilder
 from templora_memory.residency import Residency
 from templora_memory.snapshots import Copy
@@ -91,13 +90,13 @@ class Corrections:
         """Tell `content` as a new turn by the speaker of turn `turn_id`, then forget that turn. The new turn is
         journaled before the old one is taken out, so a crash in between leaves both, never neither."""
         _checked_ids([turn_id], None)
-        message = _checked_correction(content)
+        _check_correction(content)
         self.residency.require(agent_id)
         with self.residency.locked(agent_id) as state:
             self.writer.settle(state, True)
             role = self._correctable_role(state, turn_id)
             start = self._start(state, {turn_id})  # checked before anything changes
-            told = self.window.render([{**message, "role": role}], state.conversation.last_message)
+            told = self.window.render([{"role": role, "content": content}], state.conversation.last_message)
             self.residency.journal(state, told)
             state.conversation.append(told[0])
             added = state.conversation.ledger.entries[-1].id
@@ -129,8 +128,9 @@ class Corrections:
     def _correctable_role(self, state: AgentState, turn_id: int) -> str:
         """The role of turn `turn_id`; an error when the ledger does not hold it or it is not a user or assistant
         turn."""
-        self._chosen(state, [turn_id], None)  # UnknownTurnError when it is not held
-        role = next(entry.role for entry in state.conversation.ledger.entries if entry.id == turn_id)
+        role = next((entry.role for entry in state.conversation.ledger.entries if entry.id == turn_id), None)
+        if role is None:
+            self._chosen(state, [turn_id], None)  # raises UnknownTurnError, worded as for forget_turns
         if role not in CORRECTABLE:
             raise InvalidInputError(
                 f"turn {turn_id} is a {role} entry; only user and assistant turns can be corrected (forget an absorbed "
@@ -237,13 +237,10 @@ def _checked_ids(turn_ids: object, matching: object) -> list[int]:
     return ids
 
 
-def _checked_correction(content: object) -> dict[str, str]:
-    """The corrected turn's message (its role filled in later); a non-blank string is required."""
+def _check_correction(content: object) -> None:
+    """The corrected turn's text must be a non-blank string."""
     if not isinstance(content, str) or not content.strip():
         raise InvalidInputError(f"content must be the corrected turn's text, got {content!r:.60}", "content")
-    message = {"role": "user", "content": content}
-    check_messages([message])
-    return message
 
 
 def _check_page(after: object, limit: object) -> None:

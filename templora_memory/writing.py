@@ -87,7 +87,11 @@ def _check_stop(state: AgentState) -> None:
 @contextlib.contextmanager
 def _undone_if_stopped(parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> Iterator[None]:
     """Put the weights and optimizer state back as they were before the block if it raises `WriteStopped`, so a
-    chunk stopped between its steps leaves no half-trained trace (its tokens stay pending and train whole later)."""
+    chunk stopped between its steps leaves no half-trained trace (its tokens stay pending and train whole later).
+    Nothing is copied where nothing can stop this thread's writing (no `stop_on` event: the library's own calls)."""
+    if getattr(_STOP, "event", None) is None:
+        yield
+        return
     with torch.no_grad():
         weights = [parameter.detach().clone() for parameter in parameters]
     optimizer_state = copy.deepcopy(optimizer.state_dict())

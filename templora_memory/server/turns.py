@@ -4,10 +4,9 @@ what its adapter recalls.
 `GET .../turns` pages through the ledger (`after` a turn id, `limit` turns); `DELETE .../turns/{turn_id}` forgets one
 turn and `DELETE .../turns?matching=text` every turn containing the text; `PATCH .../turns/{turn_id}` with
 `{"content": ...}` corrects a turn (the new text told as a new turn, the old one forgotten); `GET .../recalls` scores
-the facts the
-user stated against the adapter. Each runs through the scheduler, in order with the agent's replies. A deletion
-answers once the turns are gone from the window, the archive, the ledger and the store; the adapter's rebuild
-goes on in the background (the agent's stats show `rebuilding`).
+the facts the user stated against the adapter. Each runs through the scheduler, in order with the agent's
+replies. A deletion answers once the turns are gone from the window, the archive, the ledger and the store; the
+adapter's rebuild goes on in the background (the agent's stats show `rebuilding`).
 """
 
 from __future__ import annotations
