@@ -10,15 +10,19 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from templora_memory.errors import AgentBusyError
 from templora_memory.message import fingerprint
 from templora_memory.store import AgentStore, store_key
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+from templora_memory.server.ray_app import RETRIES  # noqa: E402  (needs ray)
+
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = [f"npc-{i}" for i in range(6)]
@@ -91,7 +95,15 @@ def _said(*texts: str) -> list[str]:
 
 
 def _inspect(cluster, agent: str, continuation: list[int]) -> dict:
-    return cluster["handle"].options(multiplexed_model_id=agent).inspect.remote(continuation).result(timeout_s=120)
+    """The replica's view of the agent. A handle learns where an agent lives from Ray's controller, a moment after
+    it loads, so a call may first reach the other replica, which refuses it (the lease): retried as the router does."""
+    handle = cluster["handle"].options(multiplexed_model_id=agent)
+    for attempt in range(RETRIES - 1):
+        try:
+            return handle.inspect.remote(continuation).result(timeout_s=120)
+        except AgentBusyError:
+            time.sleep(0.25 * (attempt + 1))
+    return handle.inspect.remote(continuation).result(timeout_s=120)
 
 
 def test_agents_spread_over_replicas_and_a_moved_agent_continues_exactly(cluster):
